@@ -1,0 +1,74 @@
+"""The configuration schema: every key a run accepts, its type and its default.
+
+A run's configuration is one ``Config``; TOML tables map to the nested dataclasses
+below (``[data]`` -> ``DataConfig`` and so on). ``agent._config`` loads, overrides
+and validates it; this module only declares it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"            # dataset: "digits" (scikit-learn's, ships offline)
+    test_fraction: float = 0.25     # share of samples held out for testing
+    batch_size: int = 32            # samples per training step
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dense"             # "dense": input -> dense -> ring -> dense -> classes
+    init_scale: float = 1.0         # scale of the first layer's initial weights
+
+
+@dataclass
+class ReservoirConfig:
+    url: str = "sim://ring"         # where the ring is: sim://, later serial:// and socket://
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "interface"         # interface | pgt | spsa | readout | backprop
+    k: int = 4                      # perturbation directions per step
+    sigma: float = 0.05             # perturbation scale
+    form: str = "central"           # central | one-sided
+    distribution: str = "rademacher"  # rademacher | gaussian
+    spsa_a: float = 0.0             # SPSA: stability constant A of a_k = 1/(k+1+A)^alpha
+    spsa_alpha: float = 0.602       # SPSA: step-size decay exponent
+    spsa_gamma: float = 0.101       # SPSA: perturbation decay exponent
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"              # adam | sgd
+    lr: float = 0.01                # learning rate
+    momentum: float = 0.9           # sgd only
+    beta1: float = 0.9              # adam only
+    beta2: float = 0.999            # adam only
+    eps: float = 1e-8               # adam only
+    weight_decay: float = 0.0       # decoupled, both optimizers
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500               # optimizer steps in the run
+    eval_every: int = 100           # steps between test-set evaluations
+    checkpoint_every: int = 100     # steps between checkpoints (0: only at the end)
+    checkpoint_seconds: float = 300.0  # also checkpoint when this much time has passed
+    keep_checkpoints: int = 3       # newest checkpoints kept on disk
+
+
+@dataclass
+class Config:
+    seed: int = 0                   # seeds data order, initial weights and perturbations
+    device: str = "cpu"             # cpu | gpu (CuPy)
+    run_dir: str = "runs"           # parent folder of run directories
+    run_name: str = ""              # run directory name; empty: a time-stamped one
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reservoir: ReservoirConfig = field(default_factory=ReservoirConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
