@@ -1,0 +1,185 @@
+"""Load, override and validate a run's configuration.
+
+A configuration is a TOML file whose tables and keys mirror ``agent._schema.Config``,
+plus ``--set key=value`` overrides with dotted keys. Everything is checked before a
+run starts: an unknown key, a value of the wrong type or outside its allowed range
+raises ``ConfigError`` with a one-line message naming the key, so a typo never costs
+an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agent._schema import Config
+
+__all__ = ["ConfigError", "config_to_toml", "load_config"]
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+# Closed vocabularies; a value outside them is a ConfigError.
+_CHOICES = {
+    "device": ("cpu", "gpu"),
+    "data.name": ("digits",),
+    "model.name": ("dense",),
+    "estimator.name": ("interface", "pgt", "spsa", "readout", "backprop"),
+    "estimator.form": ("central", "one-sided"),
+    "estimator.distribution": ("rademacher", "gaussian"),
+    "optimizer.name": ("adam", "sgd"),
+}
+_POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every",
+             "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
+             "train.checkpoint_seconds")
+_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line naming the key."""
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = (),
+                *, settings: Mapping[str, Any] | None = None) -> Config:
+    """Build the run's ``Config`` from an optional TOML file and overrides.
+
+    ``overrides`` are ``key=value`` strings whose value is read as a TOML literal
+    (``8``, ``0.1``, ``true``, ``"x"``) or, when that fails or a string is expected,
+    as the bare text. ``settings`` are already-typed dotted-key values (from CLI
+    flags such as ``--backend``) applied last. Raises ``ConfigError``.
+    """
+    cfg = Config()
+    if path is not None:
+        _apply_table(cfg, _read_toml(Path(path)), prefix="", where=str(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"config: --set expects key=value, got {item!r}")
+        _set_dotted(cfg, key.strip(), text.strip(), where="--set", raw=True)
+    for key, value in (settings or {}).items():
+        _set_dotted(cfg, key, value, where="the command line", raw=False)
+    _check_values(cfg)
+    return cfg
+
+
+def config_to_toml(cfg: Config) -> str:
+    """The resolved configuration as TOML text that ``load_config`` reads back."""
+    return tomli_w.dumps(dataclasses.asdict(cfg))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config: no config file at {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+
+
+def _apply_table(obj: Any, table: Mapping[str, Any], prefix: str, where: str) -> None:
+    """Copy a parsed TOML table onto the dataclass ``obj``, checking every key."""
+    for key, value in table.items():
+        _set_field(obj, key, value, prefix, where, raw=False)
+
+
+def _set_dotted(cfg: Config, dotted: str, value: Any, where: str, raw: bool) -> None:
+    parts = dotted.split(".")
+    obj, prefix = cfg, ""
+    for part in parts[:-1]:
+        hints = _hints(obj)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            raise _unknown(prefix + part, obj, prefix, where)
+        obj, prefix = getattr(obj, part), f"{prefix}{part}."
+    _set_field(obj, parts[-1], value, prefix, where, raw=raw)
+
+
+def _set_field(obj: Any, key: str, value: Any, prefix: str, where: str,
+               raw: bool) -> None:
+    hints = _hints(obj)
+    name = prefix + key
+    if key not in hints:
+        raise _unknown(name, obj, prefix, where)
+    expected = hints[key]
+    if dataclasses.is_dataclass(expected):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config: '{name}' in {where} is a table, "
+                              f"not {_describe(value)}")
+        _apply_table(getattr(obj, key), value, f"{name}.", where)
+        return
+    if raw:
+        value = _parse_literal(value, expected)
+    setattr(obj, key, _coerce(value, expected, name, where))
+
+
+def _parse_literal(text: str, expected: type) -> Any:
+    """Read an override's text as a TOML literal; keep the bare text for strings."""
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    # `--set run_name=2024` means the string "2024", not a type error.
+    return text if expected is str and not isinstance(value, str) else value
+
+
+def _coerce(value: Any, expected: type, name: str, where: str) -> Any:
+    # bool is a subclass of int in Python, but `steps = true` is a mistake.
+    ok = type(value) is expected or (expected is float and type(value) is int)
+    if not ok:
+        raise ConfigError(f"config: '{name}' in {where} must be "
+                          f"{_TYPE_NAMES.get(expected, expected.__name__)}, "
+                          f"got {_describe(value)}")
+    return float(value) if expected is float else value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+def _unknown(name: str, obj: Any, prefix: str, where: str) -> ConfigError:
+    valid = [prefix + k for k in _hints(obj)]
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"config: unknown key '{name}' in {where}{hint}")
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    # The schema uses `from __future__ import annotations`: resolve the strings.
+    return typing.get_type_hints(type(obj))
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_values(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"config: '{key}' must be one of {', '.join(choices)}, "
+                              f"got {_get(cfg, key)!r}")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"config: '{key}' must be positive, got {_get(cfg, key)!r}")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config: '{key}' must not be negative, "
+                              f"got {_get(cfg, key)!r}")
+    if not 0 < cfg.data.test_fraction < 1:
+        raise ConfigError("config: 'data.test_fraction' must be between 0 and 1, "
+                          f"got {cfg.data.test_fraction!r}")
+    if "/" in cfg.run_name or "\\" in cfg.run_name or cfg.run_name in (".", ".."):
+        raise ConfigError(f"config: 'run_name' must be a plain name, got {cfg.run_name!r}")
