@@ -15,12 +15,14 @@ class DataConfig:
     name: str = "digits"            # dataset: "digits" (scikit-learn's, ships offline)
     test_fraction: float = 0.25     # share of samples held out for testing
     batch_size: int = 32            # samples per training step
+    split_seed: int = 0             # seeds the stratified train/test split
 
 
 @dataclass
 class ModelConfig:
     name: str = "dense"             # "dense": input -> dense -> ring -> dense -> classes
     init_scale: float = 1.0         # scale of the first layer's initial weights
+    feature_scale: float = 0.1      # ring features are divided by this before the readout
 
 
 @dataclass
@@ -49,6 +51,7 @@ class OptimizerConfig:
     beta2: float = 0.999            # adam only
     eps: float = 1e-8               # adam only
     weight_decay: float = 0.0       # decoupled, both optimizers
+    schedule: str = "constant"      # constant | cosine (decay to zero over the run)
 
 
 @dataclass
