@@ -34,10 +34,11 @@ _CHOICES = {
     "estimator.form": ("central", "one-sided"),
     "estimator.distribution": ("rademacher", "gaussian"),
     "optimizer.name": ("adam", "sgd"),
+    "optimizer.schedule": ("constant", "cosine"),
 }
 _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every",
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
-             "train.checkpoint_seconds")
+             "train.checkpoint_seconds", "model.feature_scale")
 _NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay")
 
 

@@ -1,0 +1,155 @@
+"""``pgt``: the command line of the training agent.
+
+    pgt train [CONFIG] [--set key=value ...] [--backend URL] [--device cpu|gpu]
+              [--run-dir DIR] [--name NAME] [--quiet]
+    pgt resume RUN_DIR [--quiet]
+    pgt logs RUN_DIR [--follow] [--event NAME ...]
+    pgt eval RUN_DIR
+
+Errors a person can act on (configuration, run directory, checkpoint, device) are
+handled once, here: one line on stderr starting with ``pgt: `` and exit status 2
+for usage and configuration mistakes, 1 for the others, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent._checkpoint import CheckpointError
+from agent._config import ConfigError, load_config
+from agent._logging import EVENTS_FILE, follow_events, read_events, render_event
+from agent._progress import Progress
+from agent._runloop import (RunDirError, RunInterrupted, evaluate_run, new_run_dir,
+                            read_run_config, run_training)
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``pgt`` command; return the process exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already printed
+        return e.code if isinstance(e.code, int) else 2
+    code = 0
+    try:
+        code = args.handler(args)
+    except* ConfigError as group:
+        code = _fail(group, 2)
+    except* (RunDirError, CheckpointError, OSError, *_backend_errors()) as group:
+        code = _fail(group, 1)
+    except* (RunInterrupted, KeyboardInterrupt) as group:
+        code = _fail(group, 130)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    flags = {"reservoir.url": args.backend, "device": args.device,
+             "run_dir": args.run_dir, "run_name": args.name}
+    cfg = load_config(args.config, args.set,
+                      settings={k: v for k, v in flags.items() if v is not None})
+    run = partial(run_training, cfg, new_run_dir(cfg), resume=False,
+                  progress=Progress(quiet=args.quiet))
+    trio.run(run)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    cfg = read_run_config(run_dir)
+    trio.run(partial(run_training, cfg, run_dir, resume=True,
+                     progress=Progress(quiet=args.quiet)))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    result = trio.run(evaluate_run, Path(args.run_dir))
+    print(f"test accuracy {100 * result['test_accuracy']:.1f}%, test loss "
+          f"{result['test_loss']:.4f} (step {result['step']}, {result['checkpoint']})")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"no run directory at {run_dir}")
+    path = run_dir / EVENTS_FILE
+
+    def emit(event: dict[str, Any]) -> None:
+        if not args.event or event.get("event") in args.event:
+            print(render_event(event), flush=True)
+
+    if args.follow:
+        try:
+            trio.run(follow_events, path, emit)
+        except* KeyboardInterrupt:
+            pass  # Ctrl-C is how a person stops following
+        return 0
+    if not path.is_file():
+        raise RunDirError(f"no {EVENTS_FILE} in {run_dir}")
+    for event in read_events(path):
+        emit(event)
+    return 0
+
+
+def _fail(group: BaseExceptionGroup, code: int) -> int:
+    """Print the first error of a group as one line; return the exit status."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, KeyboardInterrupt):
+        text = "interrupted"
+    print(f"pgt: {text}", file=sys.stderr)
+    return code
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from backends import ReservoirError
+    except ImportError:  # a backend package without it: only the generic errors
+        return ()
+    return (ReservoirError,)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgt", description="Train networks with a physical reservoir inside, "
+        "forward-only (perturbative gradient training).")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="start a run")
+    train.add_argument("config", nargs="?", metavar="CONFIG", help="TOML config file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set estimator.k=8")
+    train.add_argument("--backend", metavar="URL", help="reservoir URL (reservoir.url)")
+    train.add_argument("--device", choices=("cpu", "gpu"), help="array device")
+    train.add_argument("--run-dir", metavar="DIR", help="parent folder of runs (run_dir)")
+    train.add_argument("--name", metavar="NAME", help="run directory name (run_name)")
+    train.add_argument("--quiet", action="store_true", help="only the result line")
+    train.set_defaults(handler=_train)
+
+    resume = commands.add_parser("resume", help="continue a run from its checkpoint")
+    resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument("--quiet", action="store_true", help="only the result line")
+    resume.set_defaults(handler=_resume)
+
+    logs = commands.add_parser("logs", help="show a run's events")
+    logs.add_argument("run_dir", metavar="RUN_DIR")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep showing new events until the run stops")
+    logs.add_argument("--event", action="append", metavar="NAME",
+                      help="only events of this name (repeatable)")
+    logs.set_defaults(handler=_logs)
+
+    evaluate = commands.add_parser("eval", help="test accuracy of the latest checkpoint")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.set_defaults(handler=_eval)
+    return parser
