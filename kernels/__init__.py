@@ -1,0 +1,22 @@
+"""Array math on NumPy or CuPy: the simulated ring, the digital layers and the
+counter-based perturbations. Every function is xp-generic."""
+
+from kernels._layers import (
+    batched_dense_forward,
+    dense_backward,
+    dense_forward,
+    softmax_cross_entropy,
+    softmax_cross_entropy_backward,
+    tanh_backward,
+    tanh_forward,
+)
+from kernels._philox import DISTRIBUTIONS, accumulate, directions, philox4x32
+from kernels._ring import RingParams, ring_backward, ring_forward
+from kernels._xp import DeviceError, array_module, get_xp, to_numpy
+
+__all__ = [
+    "DISTRIBUTIONS", "DeviceError", "RingParams", "accumulate", "array_module",
+    "batched_dense_forward", "dense_backward", "dense_forward", "directions", "get_xp",
+    "philox4x32", "ring_backward", "ring_forward", "softmax_cross_entropy",
+    "softmax_cross_entropy_backward", "tanh_backward", "tanh_forward", "to_numpy",
+]

@@ -1,0 +1,81 @@
+"""Datasets that ship offline, a seeded train/test split, deterministic batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset is missing or has the wrong shape or values."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features in [0, 1] as float64 (N, D) and integer labels (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    # scikit-learn ships the 1,797 8x8 handwritten digits inside the package.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.data / 16.0, digits.target
+
+
+def validate(x, y, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check a dataset's arrays; raise DataError with a one-line reason."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2:
+        raise DataError(f"dataset {name!r}: features must be 2-D (samples, features), got shape {x.shape}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(f"dataset {name!r}: labels must have shape ({x.shape[0]},), got {y.shape}")
+    if not np.isfinite(x).all():
+        raise DataError(f"dataset {name!r}: features contain NaN or infinity")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise DataError(f"dataset {name!r}: labels must be non-negative integers")
+    return x.astype(np.float64), y.astype(np.int64)
+
+
+def split(x, y, test_fraction: float, seed: int, name: str = "data") -> Dataset:
+    """A seeded, stratified train/test split."""
+    x, y = validate(x, y, name)
+    rng = np.random.default_rng([seed, 0x5B117])
+    train, test = [], []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return Dataset(x[train], y[train], x[test], y[test], int(y.max()) + 1)
+
+
+def load_dataset(name: str, test_fraction: float, split_seed: int) -> Dataset:
+    """Load dataset ``name`` (only "digits" so far) and split it."""
+    if name != "digits":
+        raise DataError(f"unknown dataset {name!r} (known: digits)")
+    x, y = _load_digits()
+    return split(x, y, test_fraction, split_seed, name)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Sample indices of training step ``step``: epoch-wise shuffles from (seed, epoch).
+
+    A pure function of its arguments, so a resumed run draws the same batches.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
+    return order[position * batch_size : (position + 1) * batch_size]

@@ -1,0 +1,194 @@
+"""Gradient estimators as ask/tell on explicit state.
+
+``ask(state, step)`` names the passes an estimate needs (``Probe``s: a direction
+index, a sign and what is perturbed); the agent runs them through the reservoir
+and hands the per-sample losses back to ``tell(state, step, probes, evaluation)``,
+which returns a flat gradient, the new state and metrics. Directions are never
+stored: direction k of step s is regenerated from (seed, s, k) (kernels.directions).
+
+| name      | perturbed                 | ring passes per step (central / one-sided) |
+|-----------|---------------------------|--------------------------------------------|
+| pgt       | every parameter           | 2K / K+1                                   |
+| spsa      | every parameter, Spall    | 2                                          |
+| interface | the ring's inputs, per sample; exact backward through the digital layers | 2K+1 / K+1 |
+| readout   | nothing; layers after the ring only | 1                                |
+| backprop  | nothing; exact gradient through the simulated ring | 1                 |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent._schema import EstimatorConfig
+from kernels import accumulate
+
+PARAMS, INPUTS, NONE = "params", "inputs", "none"
+PARAM_STREAM, INPUT_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One pass through the ring: θ (or u) + sign·σ·δ_k; sign 0 is the clean pass."""
+
+    k: int
+    sign: float
+    target: str
+
+
+class Evaluation(Protocol):
+    """What the agent hands to ``tell``: per-sample losses and the clean pass.
+
+    ``losses`` is (n_probes, B) in probe order. The clean pass (present when a
+    probe with target NONE was asked) offers the exact digital derivatives.
+    """
+
+    losses: np.ndarray
+    batch_size: int
+    input_size: int
+    dim: int
+
+    def pack(self, **grads) -> np.ndarray: ...                  # per-layer -> flat
+
+    def post_grads(self) -> dict[str, np.ndarray]: ...          # w2, b2 and d/dfeatures
+    def pre_grads(self, grad_u) -> dict[str, np.ndarray]: ...   # w1, b1 given d/du
+    def ring_vjp(self, grad_feats) -> np.ndarray: ...           # simulation only
+
+
+def _pairs(k: int, form: str) -> list[Probe]:
+    if form == "central":
+        return [Probe(i, s, PARAMS) for i in range(k) for s in (1.0, -1.0)]
+    return [Probe(-1, 0.0, NONE)] + [Probe(i, 1.0, PARAMS) for i in range(k)]
+
+
+class Estimator:
+    """Base: stateless unless a subclass needs more; sigma and lr scale per step."""
+
+    name = "base"
+
+    def __init__(self, cfg: EstimatorConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = seed
+
+    def init(self, dim: int) -> dict[str, np.ndarray]:
+        return {}
+
+    def sigma(self, step: int) -> float:
+        return self.cfg.sigma
+
+    def lr_scale(self, step: int) -> float:
+        return 1.0
+
+    def ask(self, state, step: int) -> list[Probe]:
+        raise NotImplementedError
+
+    def tell(self, state, step, probes, ev: Evaluation):
+        raise NotImplementedError
+
+
+def _difference_coeffs(losses: np.ndarray, probes: list[Probe], sigma: float, form: str) -> np.ndarray:
+    """Per-direction, per-sample coefficients (K, B) of the finite-difference estimate."""
+    if form == "central":
+        plus, minus = losses[0::2], losses[1::2]
+        return (plus - minus) / (2.0 * sigma)
+    return (losses[1:] - losses[0]) / sigma
+
+
+class PGT(Estimator):
+    """The paper's form: every parameter perturbed; ĝ = mean_k ΔL_k δ_k / σ."""
+
+    name = "pgt"
+
+    def ask(self, state, step):
+        return _pairs(self.cfg.k, self.cfg.form)
+
+    def tell(self, state, step, probes, ev):
+        sigma = self.sigma(step)
+        coeffs = _difference_coeffs(ev.losses, probes, sigma, self.cfg.form).mean(axis=1)
+        grad = accumulate(self.seed, step, coeffs / len(coeffs), ev.dim, self.cfg.distribution,
+                          stream=PARAM_STREAM)
+        return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
+
+
+class SPSA(PGT):
+    """Spall's SPSA: one Rademacher pair per step, gains a_k and c_k decaying."""
+
+    name = "spsa"
+
+    def ask(self, state, step):
+        return [Probe(0, 1.0, PARAMS), Probe(0, -1.0, PARAMS)]
+
+    def sigma(self, step):
+        return self.cfg.sigma / (step + 1) ** self.cfg.spsa_gamma
+
+    def lr_scale(self, step):
+        a = self.cfg.spsa_a
+        return ((a + 1.0) / (step + 1.0 + a)) ** self.cfg.spsa_alpha
+
+    def tell(self, state, step, probes, ev):
+        sigma = self.sigma(step)
+        coeff = (ev.losses[0].mean() - ev.losses[1].mean()) / (2.0 * sigma)
+        grad = accumulate(self.seed, step, [coeff], ev.dim, "rademacher", stream=PARAM_STREAM)
+        return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
+
+
+class Interface(Estimator):
+    """Perturb the ring's inputs per sample; exact backward through the digital layers."""
+
+    name = "interface"
+
+    def ask(self, state, step):
+        k, form = self.cfg.k, self.cfg.form
+        if form == "central":
+            return [Probe(-1, 0.0, NONE)] + [Probe(i, s, INPUTS) for i in range(k) for s in (1.0, -1.0)]
+        return [Probe(-1, 0.0, NONE)] + [Probe(i, 1.0, INPUTS) for i in range(k)]
+
+    def tell(self, state, step, probes, ev):
+        sigma = self.sigma(step)
+        losses = ev.losses if self.cfg.form == "one-sided" else ev.losses[1:]
+        coeffs = _difference_coeffs(losses, probes, sigma, self.cfg.form)  # (K, B)
+        batch, width = ev.batch_size, ev.input_size
+        # d(mean loss)/du_b = (1/B) dL_b/du_b; each sample has its own coefficient.
+        per_element = np.repeat(coeffs / (len(coeffs) * batch), width, axis=1)
+        grad_u = accumulate(self.seed, step, per_element, batch * width, self.cfg.distribution,
+                            stream=INPUT_STREAM).reshape(batch, width)
+        grad = ev.pack(**ev.post_grads(), **ev.pre_grads(grad_u))
+        return grad, state, {"grad_u_norm": float(np.linalg.norm(grad_u))}
+
+
+class Readout(Estimator):
+    """Classic reservoir computing: the ring and the layers before it stay fixed."""
+
+    name = "readout"
+
+    def ask(self, state, step):
+        return [Probe(-1, 0.0, NONE)]
+
+    def tell(self, state, step, probes, ev):
+        return ev.pack(**ev.post_grads()), state, {}
+
+
+class Backprop(Estimator):
+    """Exact gradient through the differentiable simulated ring (a reference only)."""
+
+    name = "backprop"
+
+    def ask(self, state, step):
+        return [Probe(-1, 0.0, NONE)]
+
+    def tell(self, state, step, probes, ev):
+        post = ev.post_grads()
+        grad_u = ev.ring_vjp(post["features"])
+        return ev.pack(**post, **ev.pre_grads(grad_u)), state, {}
+
+
+ESTIMATORS = {cls.name: cls for cls in (PGT, SPSA, Interface, Readout, Backprop)}
+
+
+def make_estimator(cfg: EstimatorConfig, seed: int) -> Estimator:
+    try:
+        return ESTIMATORS[cfg.name](cfg, seed)
+    except KeyError:
+        raise ValueError(f"unknown estimator {cfg.name!r} (known: {', '.join(ESTIMATORS)})") from None

@@ -1,0 +1,198 @@
+"""One training run's state and its step: ask, drive the ring, tell, update.
+
+The Trainer holds everything a resume needs (parameters, optimizer state, step,
+counters, the reservoir's own state where it has one) and exposes it as a dict of
+arrays. Every random choice is a pure function of (seed, step, index), so a run
+resumed from a checkpoint continues bit-exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trio
+
+from agent._data import batch_indices, load_dataset
+from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS, make_estimator
+from agent._model import DenseRingModel, Layout
+from agent._optim import make_optimizer
+from agent._schema import Config
+from kernels import directions, softmax_cross_entropy
+
+
+@dataclass
+class _Evaluation:
+    """The per-sample losses of one step's probes and its clean pass (see Evaluation)."""
+
+    losses: np.ndarray
+    batch_size: int
+    input_size: int
+    dim: int
+    model: DenseRingModel
+    reservoir: object
+    theta: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    u: np.ndarray | None = None
+    feats: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    def pack(self, **grads):
+        return self.model.pack(**grads)
+
+    def post_grads(self):
+        return self.model.post_backward(self.theta, self.feats, self.probs, self.y)
+
+    def pre_grads(self, grad_u):
+        return self.model.pre_backward(self.theta, self.x, self.u, grad_u)
+
+    def ring_vjp(self, grad_feats):
+        vjp = getattr(self.reservoir, "vjp", None)
+        if vjp is None:
+            raise ValueError(
+                f"estimator 'backprop' needs a differentiable simulated ring; "
+                f"{self.reservoir.info.name} is not one"
+            )
+        return np.asarray(vjp(self.u, grad_feats))
+
+
+class Trainer:
+    """A dense model around a reservoir, trained by the configured estimator."""
+
+    def __init__(self, cfg: Config, reservoir) -> None:
+        self.cfg = cfg
+        self.reservoir = reservoir
+        self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed)
+        info = reservoir.info
+        layout = Layout(self.data.n_features, info.n_inputs, info.n_features, self.data.n_classes)
+        self.model = DenseRingModel(layout, cfg.model.feature_scale)
+        self.estimator = make_estimator(cfg.estimator, cfg.seed)
+        self.optimizer = make_optimizer(cfg.optimizer)
+        self.params = self.model.init_params(cfg.seed, cfg.model.init_scale)
+        self.opt_state = self.optimizer.init(layout.dim)
+        self.est_state = self.estimator.init(layout.dim)
+        self.step = 0
+        self.ring_evals = 0
+        self.eval_ring_evals = 0
+        self.total_steps = cfg.train.steps
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    # -- the ring ---------------------------------------------------------------
+
+    async def _ring(self, u: np.ndarray) -> np.ndarray:
+        """Features for every row of ``u``, in chunks of at most max_batch, concurrently."""
+        limit = self.reservoir.info.max_batch
+        chunks = [u[i : i + limit] for i in range(0, len(u), limit)]
+        results: list = [None] * len(chunks)
+
+        async def run(i: int) -> None:
+            results[i] = np.asarray(await self.reservoir.forward(chunks[i]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(chunks)):
+                nursery.start_soon(run, i)
+        return np.concatenate(results, axis=0)
+
+    # -- one step ---------------------------------------------------------------
+
+    def _probe_inputs(self, probes, x, sigma):
+        """Stacked parameters (P, d) and ring inputs (P, B, n) of every probe."""
+        lay, seed, step = self.model.layout, self.cfg.seed, self.step
+        dist = self.cfg.estimator.distribution
+        thetas = np.repeat(self.params[None], len(probes), axis=0)
+        param_rows = [i for i, p in enumerate(probes) if p.target == PARAMS]
+        if param_rows:
+            ks = [probes[i].k for i in param_rows]
+            signs = np.array([probes[i].sign for i in param_rows])[:, None]
+            deltas = directions(seed, step, ks, lay.dim, dist, stream=PARAM_STREAM)
+            thetas[param_rows] += sigma * signs * deltas
+        u = self.model.pre(thetas, x)
+        input_rows = [i for i, p in enumerate(probes) if p.target == INPUTS]
+        if input_rows:
+            ks = [probes[i].k for i in input_rows]
+            signs = np.array([probes[i].sign for i in input_rows])[:, None]
+            deltas = directions(seed, step, ks, u[0].size, dist, stream=INPUT_STREAM)
+            u[input_rows] += (sigma * signs * deltas).reshape(len(input_rows), *u.shape[1:])
+        return thetas, np.clip(u, -1.0, 1.0)
+
+    async def _evaluate(self, probes, x, y, sigma) -> _Evaluation:
+        thetas, u = self._probe_inputs(probes, x, sigma)
+        n_probes, batch, width = u.shape
+        feats = (await self._ring(u.reshape(-1, width))).reshape(n_probes, batch, -1)
+        self.ring_evals += n_probes * batch
+        losses, probs = self.model.post(thetas, feats, y)
+        ev = _Evaluation(losses, batch, width, self.model.layout.dim, self.model,
+                         self.reservoir, self.params, x, y)
+        clean = [i for i, p in enumerate(probes) if p.target == NONE]
+        if clean:
+            i = clean[0]
+            ev.u, ev.feats, ev.probs = u[i], feats[i], probs[i]
+        return ev
+
+    async def train_step(self) -> dict[str, float]:
+        """Run one optimizer step; return its metrics."""
+        idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        probes = self.estimator.ask(self.est_state, self.step)
+        sigma = self.estimator.sigma(self.step)
+        ev = await self._evaluate(probes, x, y, sigma)
+        grad, self.est_state, metrics = self.estimator.tell(self.est_state, self.step, probes, ev)
+        lr_scale = self.estimator.lr_scale(self.step) * self._schedule()
+        self.params, self.opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
+        self.step += 1
+        loss = float(ev.losses.mean())
+        return {"step": self.step, "loss": loss, "ring_evals": self.ring_evals, **metrics}
+
+    def _schedule(self) -> float:
+        """Learning-rate multiplier: constant, or cosine decay to 0 over the run."""
+        if self.cfg.optimizer.schedule == "cosine":
+            return 0.5 * (1.0 + np.cos(np.pi * self.step / max(1, self.total_steps)))
+        return 1.0
+
+    async def evaluate(self) -> dict[str, float]:
+        """Test-set accuracy and loss of the current parameters, through the ring."""
+        x, y = self.data.x_test, self.data.y_test
+        u = np.clip(self.model.pre(self.params, x)[0], -1.0, 1.0)
+        feats = await self._ring(u)
+        self.eval_ring_evals += len(u)
+        losses, probs = self.model.post(self.params, feats[None], y)
+        accuracy = float((probs[0].argmax(axis=1) == y).mean())
+        return {"test_accuracy": accuracy, "test_loss": float(losses.mean()),
+                "eval_ring_evals": self.eval_ring_evals}
+
+    # -- resume -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {
+            "params": self.params,
+            "step": np.asarray(self.step, dtype=np.int64),
+            "ring_evals": np.asarray(self.ring_evals, dtype=np.int64),
+            "eval_ring_evals": np.asarray(self.eval_ring_evals, dtype=np.int64),
+        }
+        state.update({f"opt.{k}": v for k, v in self.opt_state.items()})
+        state.update({f"est.{k}": v for k, v in self.est_state.items()})
+        device_state = getattr(self.reservoir, "state_dict", None)
+        if device_state is not None:
+            state.update({f"reservoir.{k}": v for k, v in device_state().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if state["params"].shape != self.params.shape:
+            raise ValueError(
+                f"checkpoint parameters have shape {state['params'].shape}, "
+                f"this model needs {self.params.shape}"
+            )
+        self.params = np.array(state["params"], dtype=np.float64)
+        self.step = int(state["step"])
+        self.ring_evals = int(state["ring_evals"])
+        self.eval_ring_evals = int(state["eval_ring_evals"])
+        self.opt_state = {k[4:]: np.array(v) for k, v in state.items() if k.startswith("opt.")}
+        self.est_state = {k[4:]: np.array(v) for k, v in state.items() if k.startswith("est.")}
+        loader = getattr(self.reservoir, "load_state_dict", None)
+        device_state = {k[10:]: v for k, v in state.items() if k.startswith("reservoir.")}
+        if loader is not None and device_state:
+            loader(device_state)

@@ -1,0 +1,60 @@
+"""``open_reservoir(url)``: from a URL to an opened backend."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator
+
+from backends._protocol import Reservoir, ReservoirURLError
+from backends._sim import SimRing
+from kernels import RingParams
+
+_SIM_EXTRA = {"inputs": int, "max_batch": int}
+
+
+def _convert(key: str, raw: str, kind: type):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ReservoirURLError(
+            f"reservoir URL: {key}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRing:
+    if parsed.netloc not in ("ring", ""):
+        raise ReservoirURLError(f"reservoir URL: unknown simulator {parsed.netloc!r} (try sim://ring)")
+    known = {**RingParams.field_types(), **_SIM_EXTRA}
+    ring_kw, extra = {}, {}
+    for key, values in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items():
+        if key not in known:
+            raise ReservoirURLError(
+                f"reservoir URL: unknown parameter {key!r} (known: {', '.join(sorted(known))})"
+            )
+        target = extra if key in _SIM_EXTRA else ring_kw
+        target[key] = _convert(key, values[-1], known[key])
+    try:
+        params = RingParams(**ring_kw)
+    except ValueError as exc:
+        raise ReservoirURLError(f"reservoir URL: {exc}") from None
+    return SimRing(
+        params, n_inputs=extra.get("inputs", 16), max_batch=extra.get("max_batch", 65536),
+        seed=seed, device=device,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> AsyncIterator[Reservoir]:
+    """Open the reservoir named by ``url`` for the duration of the ``async with``.
+
+    ``sim://ring?nodes=24&gain=0.85&noise=0.01``: the simulated ring (parameters:
+    kernels.RingParams, plus ``inputs`` and ``max_batch``). Raises
+    ReservoirURLError (one line, naming the problem) for an unknown scheme or a
+    bad parameter.
+    """
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "sim":
+        yield _open_sim(parsed, seed, device)
+        return
+    raise ReservoirURLError(f"reservoir URL {url!r}: unknown scheme {parsed.scheme!r} (known: sim)")

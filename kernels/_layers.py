@@ -1,0 +1,68 @@
+"""Forward and backward of the digital layers around the reservoir.
+
+Every function is xp-generic: it uses the array module of its inputs, so NumPy and
+CuPy run the same code. Backward functions take the upstream gradient and the
+values saved by the forward and return gradients; they are checked against finite
+differences in tests/kernels/test_layers.py.
+"""
+
+from __future__ import annotations
+
+from kernels._xp import array_module
+
+
+def dense_forward(x, w, b):
+    """``x @ w + b`` for x (..., n_in), w (n_in, n_out), b (n_out,)."""
+    return x @ w + b
+
+
+def dense_backward(x, w, grad_out):
+    """Gradients of a dense layer: (grad_x, grad_w, grad_b).
+
+    ``x`` is (B, n_in), ``grad_out`` (B, n_out); grad_w sums over the batch.
+    """
+    return grad_out @ w.T, x.T @ grad_out, grad_out.sum(axis=0)
+
+
+def batched_dense_forward(x, w, b):
+    """One dense layer per probe: x (P, B, n_in) or (B, n_in), w (P, n_in, n_out), b (P, n_out)."""
+    xp = array_module(w)
+    if x.ndim == 2:
+        out = xp.einsum("bi,pio->pbo", x, w)
+    else:
+        out = xp.matmul(x, w)
+    return out + b[:, None, :]
+
+
+def tanh_forward(x):
+    return array_module(x).tanh(x)
+
+
+def tanh_backward(y, grad_out):
+    """Backward of tanh given its output ``y``."""
+    return grad_out * (1.0 - y * y)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Per-sample cross-entropy and softmax probabilities.
+
+    logits (..., B, C), labels (B,) integer classes. Returns (losses (..., B), probs).
+    """
+    xp = array_module(logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = xp.exp(shifted)
+    total = exp.sum(axis=-1, keepdims=True)
+    probs = exp / total
+    index = xp.broadcast_to(labels[:, None], shifted.shape[:-1] + (1,))
+    picked = xp.take_along_axis(shifted, index, axis=-1)[..., 0]
+    losses = xp.log(total[..., 0]) - picked
+    return losses, probs
+
+
+def softmax_cross_entropy_backward(probs, labels, grad_losses):
+    """Gradient of per-sample losses w.r.t. logits, given d(objective)/d(loss_b)."""
+    xp = array_module(probs)
+    grad = probs.copy()
+    rows = xp.arange(labels.shape[0])
+    grad[..., rows, labels] -= 1.0
+    return grad * grad_losses[..., None]

@@ -1,0 +1,148 @@
+"""The simulated magnonic auto-oscillation ring: a round-trip amplitude map.
+
+A spin-wave delay line closed through an amplifier, run just below its
+auto-oscillation threshold, time-multiplexed into N virtual nodes (slots) per round
+trip. Each input step u_n drives every slot j through a fixed random mask m_j:
+
+    drive  = g0 * (1 + kappa * m_j * u_n)                 input modulates the loop gain
+    c      = (h * a_{n-1})[j]                             FIR over neighbouring slots
+    a_n[j] = drive * S(|c|^2) * c * exp(i nu |c|^2) + b * m_j * u_n
+    S(P)   = 1 / (1 + P / p_sat)                          saturation
+    f_n[j] = |a_n[j]|^2                                   square-law detector
+
+The complex amplitude is carried as two real arrays (x, y), so the same code runs
+on NumPy and CuPy and its backward is plain real calculus. Detector noise is
+multiplicative (``noise`` = relative standard deviation); slow gain drift is a
+sinusoid of the ring's own clock (one tick per forward call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from kernels._xp import array_module
+
+
+@dataclass(frozen=True)
+class RingParams:
+    """Physical parameters of the simulated ring (defaults: README, "The ring")."""
+
+    nodes: int = 24          # virtual nodes (slots) per round trip
+    gain: float = 0.85       # loop gain g0 < 1: memory of about 1/(1-g0) round trips
+    kappa: float = 0.6       # input modulation depth of the loop gain
+    inject: float = 0.5      # direct input injection b
+    p_sat: float = 1.0       # saturation power
+    nu: float = 1.0          # nonlinear phase shift per unit power
+    tap: float = 0.2         # neighbour coupling: FIR taps (tap, 1 - 2 tap, tap)
+    noise: float = 0.0       # detector noise, relative standard deviation
+    drift: float = 0.0       # relative amplitude of the slow gain drift
+    drift_period: float = 2000.0  # drift period in forward calls
+    mask_seed: int = 1234    # the ring's fixed input mask (a property of the device)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"ring: nodes must be >= 1, got {self.nodes}")
+        if not 0.0 <= self.gain < 1.5:
+            raise ValueError(f"ring: gain must be in [0, 1.5), got {self.gain}")
+        if self.p_sat <= 0:
+            raise ValueError(f"ring: p_sat must be > 0, got {self.p_sat}")
+        if not 0.0 <= self.tap <= 0.5:
+            raise ValueError(f"ring: tap must be in [0, 0.5], got {self.tap}")
+        if self.noise < 0 or self.drift < 0:
+            raise ValueError("ring: noise and drift must be >= 0")
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        return {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
+
+    def mask(self, xp=np):
+        """The fixed input mask m_j, uniform in [-1, 1], from ``mask_seed``."""
+        rng = np.random.default_rng(self.mask_seed)
+        return xp.asarray(rng.uniform(-1.0, 1.0, self.nodes))
+
+    def gain_at(self, tick: int) -> float:
+        """Loop gain at the ring's clock ``tick``, with the slow drift applied."""
+        if self.drift == 0.0:
+            return self.gain
+        return self.gain * (1.0 + self.drift * np.sin(2.0 * np.pi * tick / self.drift_period))
+
+
+def _fir(params: RingParams, a):
+    xp = array_module(a)
+    t = params.tap
+    return t * xp.roll(a, 1, axis=-1) + (1.0 - 2.0 * t) * a + t * xp.roll(a, -1, axis=-1)
+
+
+def _fir_transpose(params: RingParams, g):
+    xp = array_module(g)
+    t = params.tap
+    return t * xp.roll(g, -1, axis=-1) + (1.0 - 2.0 * t) * g + t * xp.roll(g, 1, axis=-1)
+
+
+def ring_forward(params: RingParams, u, *, tick: int = 0, rng=None, keep_cache=False):
+    """Run the ring over input sequences ``u`` (B, T) in [-1, 1].
+
+    Returns features (B, T, N) (detector power of every slot on every round trip)
+    and, with ``keep_cache``, what ``ring_backward`` needs. ``rng`` (a NumPy or CuPy
+    Generator) draws detector noise when ``params.noise`` > 0; ``tick`` is the
+    ring's clock for the gain drift.
+    """
+    xp = array_module(u)
+    batch, steps = u.shape
+    mask = params.mask(xp)
+    g0 = params.gain_at(tick)
+    ax = xp.zeros((batch, params.nodes), dtype=u.dtype)
+    ay = xp.zeros_like(ax)
+    feats = xp.empty((batch, steps, params.nodes), dtype=u.dtype)
+    cache = []
+    for n in range(steps):
+        mu = u[:, n : n + 1] * mask
+        cx, cy = _fir(params, ax), _fir(params, ay)
+        power = cx * cx + cy * cy
+        sat = 1.0 / (1.0 + power / params.p_sat)
+        phase = params.nu * power
+        co, si = xp.cos(phase), xp.sin(phase)
+        drive = g0 * (1.0 + params.kappa * mu)
+        rx, ry = cx * co - cy * si, cx * si + cy * co
+        ax = drive * sat * rx + params.inject * mu
+        ay = drive * sat * ry
+        feats[:, n, :] = ax * ax + ay * ay
+        if keep_cache:
+            cache.append((cx, cy, sat, co, si, drive, rx, ry, ax, ay))
+    if params.noise > 0.0:
+        if rng is None:
+            raise ValueError("ring: noise > 0 needs an rng")
+        feats *= 1.0 + params.noise * rng.standard_normal(feats.shape, dtype=feats.dtype)
+    return (feats, (g0, mask, cache)) if keep_cache else feats
+
+
+def ring_backward(params: RingParams, cache, grad_feats):
+    """Gradient of an objective w.r.t. the inputs u, given d(objective)/d(features).
+
+    ``cache`` comes from ``ring_forward(..., keep_cache=True)`` run without noise
+    (the backward of the noise-free map; used by the ``backprop`` reference).
+    """
+    xp = array_module(grad_feats)
+    g0, mask, steps = cache
+    batch, n_steps, _ = grad_feats.shape
+    grad_u = xp.empty((batch, n_steps), dtype=grad_feats.dtype)
+    gax = xp.zeros((batch, params.nodes), dtype=grad_feats.dtype)
+    gay = xp.zeros_like(gax)
+    for n in range(n_steps - 1, -1, -1):
+        cx, cy, sat, co, si, drive, rx, ry, ax, ay = steps[n]
+        gax = gax + 2.0 * ax * grad_feats[:, n, :]
+        gay = gay + 2.0 * ay * grad_feats[:, n, :]
+        g_drive = sat * (gax * rx + gay * ry)
+        g_sat = drive * (gax * rx + gay * ry)
+        g_rx, g_ry = gax * drive * sat, gay * drive * sat
+        g_mu = g_drive * g0 * params.kappa + gax * params.inject
+        grad_u[:, n] = (g_mu * mask).sum(axis=1)
+        g_cx = g_rx * co + g_ry * si
+        g_cy = -g_rx * si + g_ry * co
+        g_power = (g_ry * rx - g_rx * ry) * params.nu - g_sat * sat * sat / params.p_sat
+        g_cx = g_cx + 2.0 * cx * g_power
+        g_cy = g_cy + 2.0 * cy * g_power
+        gax, gay = _fir_transpose(params, g_cx), _fir_transpose(params, g_cy)
+    return grad_u

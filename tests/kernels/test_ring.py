@@ -1,0 +1,77 @@
+"""The simulated ring: backward against finite differences, determinism, physics sanity."""
+
+import numpy as np
+import pytest
+
+from kernels import RingParams, ring_backward, ring_forward
+
+
+def test_shapes_and_non_negative_detector_power():
+    u = np.random.default_rng(0).uniform(-1, 1, (7, 16))
+    feats = ring_forward(RingParams(), u)
+    assert feats.shape == (7, 16, 24)
+    assert (feats >= 0).all()
+
+
+@pytest.mark.parametrize("params", [RingParams(), RingParams(nodes=5, gain=0.95, nu=3.0, tap=0.4)])
+def test_backward_matches_finite_differences(params):
+    rng = np.random.default_rng(1)
+    u = rng.uniform(-1, 1, (3, 6))
+    upstream = rng.normal(size=(3, 6, params.nodes))
+    _, cache = ring_forward(params, u, keep_cache=True)
+    grad = ring_backward(params, cache, upstream)
+    numeric = np.zeros_like(u)
+    eps = 1e-6
+    for i in np.ndindex(u.shape):
+        up, down = u.copy(), u.copy()
+        up[i] += eps
+        down[i] -= eps
+        numeric[i] = ((ring_forward(params, up) - ring_forward(params, down)) * upstream).sum() / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_samples_are_independent_and_deterministic():
+    u = np.random.default_rng(2).uniform(-1, 1, (4, 10))
+    params = RingParams()
+    whole = ring_forward(params, u)
+    np.testing.assert_array_equal(whole, ring_forward(params, u))
+    np.testing.assert_allclose(ring_forward(params, u[2:3]), whole[2:3], rtol=1e-12)
+
+
+def test_fading_memory_forgets_old_inputs():
+    """An input step's influence decays over later round trips (gain below threshold)."""
+    params = RingParams()
+    rng = np.random.default_rng(3)
+    base = rng.uniform(-1, 1, (1, 40))
+    kicked = base.copy()
+    kicked[0, 0] += 0.5
+    diff = np.abs(ring_forward(params, kicked) - ring_forward(params, base))[0].sum(axis=1)
+    assert diff[0] > 0
+    assert diff[30] < 1e-3 * diff[0]
+
+
+def test_noise_is_seeded_and_relative():
+    params = RingParams(noise=0.02)
+    u = np.random.default_rng(4).uniform(-1, 1, (50, 16))
+    clean = ring_forward(RingParams(), u)
+    a = ring_forward(params, u, rng=np.random.default_rng(9))
+    b = ring_forward(params, u, rng=np.random.default_rng(9))
+    np.testing.assert_array_equal(a, b)
+    ratio = a / np.where(clean > 0, clean, 1)
+    assert 0.015 < np.std(ratio[clean > 1e-6]) < 0.025
+    with pytest.raises(ValueError, match="needs an rng"):
+        ring_forward(params, u)
+
+
+def test_drift_changes_gain_with_the_ring_clock():
+    params = RingParams(drift=0.05, drift_period=100)
+    assert params.gain_at(0) == pytest.approx(params.gain)
+    assert params.gain_at(25) == pytest.approx(params.gain * 1.05)
+    u = np.full((1, 8), 0.5)
+    assert not np.array_equal(ring_forward(params, u, tick=0), ring_forward(params, u, tick=25))
+
+
+@pytest.mark.parametrize("bad", [{"nodes": 0}, {"gain": -0.1}, {"p_sat": 0}, {"tap": 0.7}, {"noise": -1}])
+def test_bad_parameters_are_named(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RingParams(**bad)
