@@ -13,10 +13,11 @@ import datetime
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 import trio
+from structlog.testing import LogCapture
 
 __all__ = ["configure_logging", "follow_events", "get_logger", "read_events",
            "render_event"]
@@ -35,31 +36,35 @@ def _plain_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
+_PROCESSORS = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _plain_values,
+    structlog.processors.JSONRenderer(),
+]
+
+
 def configure_logging(run_dir: str | Path, run_id: str | None = None) -> Callable[[], None]:
     """Send structlog events to ``<run_dir>/events.jsonl``; return a closer.
 
-    The closer unbinds ``run_id``, closes the file and discards further events.
-    Raises ``OSError`` when the file cannot be opened.
+    While ``structlog.testing.capture_logs()`` is active its capture stays in place,
+    so tests see a run's events. The closer unbinds ``run_id``, restores the
+    previous configuration and closes the file. Raises ``OSError`` when the file
+    cannot be opened.
     """
     path = Path(run_dir) / EVENTS_FILE
     stream = path.open("a", encoding="utf-8")
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _plain_values,
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,  # a later run in this process re-targets it
-    )
+    before = structlog.get_config()
+    capturing = any(isinstance(p, LogCapture) for p in before["processors"])
+    structlog.configure(processors=before["processors"] if capturing else _PROCESSORS,
+                        logger_factory=structlog.WriteLoggerFactory(file=stream),
+                        cache_logger_on_first_use=False)
     tokens = structlog.contextvars.bind_contextvars(run_id=run_id or Path(run_dir).name)
 
     def close() -> None:
         structlog.contextvars.reset_contextvars(**tokens)
-        structlog.configure(processors=[structlog.processors.JSONRenderer()],
-                            logger_factory=structlog.ReturnLoggerFactory())
+        structlog.configure(**before)
         stream.close()
 
     return close

@@ -69,6 +69,15 @@ def _load_latest(run_dir: Path) -> tuple[Path, dict[str, Any], dict[str, Any]] |
     return path, arrays, meta
 
 
+def _defaults(make_trainer: Any, open_reservoir: Any) -> tuple[Any, Any]:
+    """The real Trainer and backends, imported only when a run really starts."""
+    if make_trainer is None:
+        from agent._trainer import Trainer as make_trainer
+    if open_reservoir is None:
+        from backends import open_reservoir
+    return make_trainer, open_reservoir
+
+
 def _restore(trainer: Any, path: Path, arrays: dict[str, Any]) -> None:
     try:
         trainer.load_state_dict(arrays)
@@ -98,13 +107,10 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
     RunDirError, CheckpointError (before any work), the backend's errors and
     RunInterrupted (second signal), the latter possibly inside an ExceptionGroup.
     """
-    if make_trainer is None:
-        from agent._trainer import Trainer as make_trainer  # imported late: heavy
-    if open_reservoir is None:
-        from backends import open_reservoir
     checkpoint = _load_latest(run_dir) if resume else None  # fail before any work
     if not resume:
         _check_free(run_dir)
+    make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     # The device opens before the run directory exists: a bad URL leaves nothing.
     async with open_reservoir(cfg.reservoir.url, seed=cfg.seed,
                               device=cfg.device) as reservoir:
@@ -127,15 +133,12 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
 async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
                        open_reservoir: Any = None) -> dict[str, Any]:
     """Test metrics of a run's latest checkpoint. Raises RunDirError, CheckpointError."""
-    if make_trainer is None:
-        from agent._trainer import Trainer as make_trainer
-    if open_reservoir is None:
-        from backends import open_reservoir
     cfg = read_run_config(run_dir)
     checkpoint = _load_latest(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     path, arrays, _ = checkpoint
+    make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     async with open_reservoir(cfg.reservoir.url, seed=cfg.seed,
                               device=cfg.device) as reservoir:
         trainer = make_trainer(cfg, reservoir)
