@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from agent._schema import EstimatorConfig
-from kernels import accumulate
+from kernels import accumulate, directions
 
 PARAMS, INPUTS, NONE = "params", "inputs", "none"
 PARAM_STREAM, INPUT_STREAM = 0, 1
@@ -78,6 +78,14 @@ class Estimator:
     def sigma(self, step: int) -> float:
         return self.cfg.sigma
 
+    def directions(self, step: int, ks, size: int, stream: int):
+        """Directions δ_k of this step, exactly as ``tell`` regenerates them."""
+        return directions(self.seed, step, ks, size, self.distribution, stream=stream)
+
+    @property
+    def distribution(self) -> str:
+        return self.cfg.distribution
+
     def lr_scale(self, step: int) -> float:
         return 1.0
 
@@ -107,7 +115,7 @@ class PGT(Estimator):
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
         coeffs = _difference_coeffs(ev.losses, probes, sigma, self.cfg.form).mean(axis=1)
-        grad = accumulate(self.seed, step, coeffs / len(coeffs), ev.dim, self.cfg.distribution,
+        grad = accumulate(self.seed, step, coeffs / len(coeffs), ev.dim, self.distribution,
                           stream=PARAM_STREAM)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
 
@@ -116,6 +124,7 @@ class SPSA(PGT):
     """Spall's SPSA: one Rademacher pair per step, gains a_k and c_k decaying."""
 
     name = "spsa"
+    distribution = "rademacher"
 
     def ask(self, state, step):
         return [Probe(0, 1.0, PARAMS), Probe(0, -1.0, PARAMS)]
@@ -130,7 +139,7 @@ class SPSA(PGT):
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
         coeff = (ev.losses[0].mean() - ev.losses[1].mean()) / (2.0 * sigma)
-        grad = accumulate(self.seed, step, [coeff], ev.dim, "rademacher", stream=PARAM_STREAM)
+        grad = accumulate(self.seed, step, [coeff], ev.dim, self.distribution, stream=PARAM_STREAM)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
 
 
@@ -152,7 +161,7 @@ class Interface(Estimator):
         batch, width = ev.batch_size, ev.input_size
         # d(mean loss)/du_b = (1/B) dL_b/du_b; each sample has its own coefficient.
         per_element = np.repeat(coeffs / (len(coeffs) * batch), width, axis=1)
-        grad_u = accumulate(self.seed, step, per_element, batch * width, self.cfg.distribution,
+        grad_u = accumulate(self.seed, step, per_element, batch * width, self.distribution,
                             stream=INPUT_STREAM).reshape(batch, width)
         grad = ev.pack(**ev.post_grads(), **ev.pre_grads(grad_u))
         return grad, state, {"grad_u_norm": float(np.linalg.norm(grad_u))}

@@ -18,7 +18,6 @@ from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS, 
 from agent._model import DenseRingModel, Layout
 from agent._optim import make_optimizer
 from agent._schema import Config
-from kernels import directions, softmax_cross_entropy
 
 
 @dataclass
@@ -99,28 +98,27 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------
 
-    def _probe_inputs(self, probes, x, sigma):
+    def _probe_inputs(self, probes, x, sigma, step):
         """Stacked parameters (P, d) and ring inputs (P, B, n) of every probe."""
-        lay, seed, step = self.model.layout, self.cfg.seed, self.step
-        dist = self.cfg.estimator.distribution
+        lay, est = self.model.layout, self.estimator
         thetas = np.repeat(self.params[None], len(probes), axis=0)
         param_rows = [i for i, p in enumerate(probes) if p.target == PARAMS]
         if param_rows:
             ks = [probes[i].k for i in param_rows]
             signs = np.array([probes[i].sign for i in param_rows])[:, None]
-            deltas = directions(seed, step, ks, lay.dim, dist, stream=PARAM_STREAM)
+            deltas = est.directions(step, ks, lay.dim, PARAM_STREAM)
             thetas[param_rows] += sigma * signs * deltas
         u = self.model.pre(thetas, x)
         input_rows = [i for i, p in enumerate(probes) if p.target == INPUTS]
         if input_rows:
             ks = [probes[i].k for i in input_rows]
             signs = np.array([probes[i].sign for i in input_rows])[:, None]
-            deltas = directions(seed, step, ks, u[0].size, dist, stream=INPUT_STREAM)
+            deltas = est.directions(step, ks, u[0].size, INPUT_STREAM)
             u[input_rows] += (sigma * signs * deltas).reshape(len(input_rows), *u.shape[1:])
         return thetas, np.clip(u, -1.0, 1.0)
 
-    async def _evaluate(self, probes, x, y, sigma) -> _Evaluation:
-        thetas, u = self._probe_inputs(probes, x, sigma)
+    async def _evaluate(self, probes, x, y, sigma, step) -> _Evaluation:
+        thetas, u = self._probe_inputs(probes, x, sigma, step)
         n_probes, batch, width = u.shape
         feats = (await self._ring(u.reshape(-1, width))).reshape(n_probes, batch, -1)
         self.ring_evals += n_probes * batch
@@ -137,15 +135,23 @@ class Trainer:
         """Run one optimizer step; return its metrics."""
         idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
-        probes = self.estimator.ask(self.est_state, self.step)
-        sigma = self.estimator.sigma(self.step)
-        ev = await self._evaluate(probes, x, y, sigma)
-        grad, self.est_state, metrics = self.estimator.tell(self.est_state, self.step, probes, ev)
+        grad, metrics, ev = await self.estimate(x, y, self.step)
         lr_scale = self.estimator.lr_scale(self.step) * self._schedule()
         self.params, self.opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
         self.step += 1
         loss = float(ev.losses.mean())
         return {"step": self.step, "loss": loss, "ring_evals": self.ring_evals, **metrics}
+
+    async def estimate(self, x, y, step: int):
+        """The estimator's gradient at the current parameters on batch (x, y).
+
+        Returns (flat gradient, metrics, evaluation); updates the estimator state
+        and the ring-evaluation count but not the parameters.
+        """
+        probes = self.estimator.ask(self.est_state, step)
+        ev = await self._evaluate(probes, x, y, self.estimator.sigma(step), step)
+        grad, self.est_state, metrics = self.estimator.tell(self.est_state, step, probes, ev)
+        return grad, metrics, ev
 
     def _schedule(self) -> float:
         """Learning-rate multiplier: constant, or cosine decay to 0 over the run."""

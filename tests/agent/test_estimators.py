@@ -1,0 +1,125 @@
+"""Estimators on the differentiable simulated ring, against its exact gradient."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from agent._estimators import make_estimator
+from agent._schema import Config, EstimatorConfig
+from agent._trainer import Trainer
+from backends import open_reservoir
+
+SMALL_RING = "sim://ring?nodes=6&inputs=4"
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture
+async def trainer():
+    async with open_reservoir(SMALL_RING) as reservoir:
+        cfg = Config()
+        trainer = Trainer(cfg, reservoir)
+        # leave the initial point: a few exact steps give every layer a gradient
+        trainer.estimator = make_estimator(EstimatorConfig(name="backprop"), seed=0)
+        for _ in range(5):
+            await trainer.train_step()
+        yield trainer
+
+
+def batch(trainer, size=16):
+    return trainer.data.x_train[:size], trainer.data.y_train[:size]
+
+
+async def estimate(trainer, step, **est):
+    trainer.estimator = make_estimator(EstimatorConfig(**est), seed=0)
+    grad, _, _ = await trainer.estimate(*batch(trainer), step)
+    return grad
+
+
+async def test_mean_of_pgt_estimates_converges_to_the_exact_gradient(trainer):
+    exact = await estimate(trainer, 0, name="backprop")
+    errors = {}
+    total = np.zeros_like(exact)
+    for n in range(1, 401):
+        total += await estimate(trainer, n, name="pgt", k=16, sigma=1e-4)
+        if n in (25, 100, 400):
+            errors[n] = np.linalg.norm(total / n - exact) / np.linalg.norm(exact)
+    # the error of a mean of n unbiased estimates shrinks like 1/sqrt(n)
+    assert errors[400] < 0.6 * errors[25]
+    assert errors[100] < 0.75 * errors[25]
+    assert cosine(total / 400, exact) > 0.9
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+async def test_cosine_to_the_exact_gradient_grows_like_sqrt_k_over_d(trainer, distribution):
+    exact = await estimate(trainer, 0, name="backprop")
+    dim = exact.size
+    means = {}
+    for k in (1, 4, 16, 64):
+        cosines = [cosine(await estimate(trainer, 1000 + t, name="pgt", k=k, sigma=1e-4,
+                                         distribution=distribution), exact) for t in range(40)]
+        means[k] = float(np.mean(cosines))
+        theory = np.sqrt(k / (dim + k + 1))  # E|ĝ|² = |g|² (d + K + 1) / K for Gaussian δ
+        assert 0.6 * theory < means[k] < 1.5 * theory, (k, means[k], theory)
+    assert means[1] < means[4] < means[16] < means[64]
+    assert 2.5 < means[64] / means[4] < 5.5  # sqrt(16) = 4
+
+
+async def test_interface_estimate_is_close_to_exact_with_few_directions(trainer):
+    exact = await estimate(trainer, 0, name="backprop")
+    cosines = [cosine(await estimate(trainer, s, name="interface", k=4, sigma=1e-3), exact) for s in range(10)]
+    # only the 4 ring inputs per sample are estimated; everything digital is exact
+    assert np.mean(cosines) > 0.7
+
+
+async def test_one_sided_and_central_agree_on_average(trainer):
+    exact = await estimate(trainer, 0, name="backprop")
+    for form in ("one-sided", "central"):
+        mean = np.mean([await estimate(trainer, s, name="interface", k=8, sigma=1e-4, form=form)
+                        for s in range(60)], axis=0)
+        assert cosine(mean, exact) > 0.97, form
+
+
+async def test_readout_touches_only_the_layers_after_the_ring(trainer):
+    grad = await estimate(trainer, 0, name="readout")
+    exact = await estimate(trainer, 0, name="backprop")
+    split = trainer.model.layout.pre_dim
+    assert not grad[:split].any()
+    np.testing.assert_allclose(grad[split:], exact[split:], rtol=1e-12)
+
+
+async def test_spsa_gains_decay_on_spall_schedules(trainer):
+    est = make_estimator(EstimatorConfig(name="spsa", sigma=0.1, spsa_a=10), seed=0)
+    assert est.sigma(0) == pytest.approx(0.1)
+    assert est.sigma(99) == pytest.approx(0.1 / 100**0.101)
+    assert est.lr_scale(0) == pytest.approx(1.0)
+    assert est.lr_scale(89) == pytest.approx((11 / 100) ** 0.602)
+    assert len(est.ask({}, 0)) == 2
+
+
+async def test_estimates_count_ring_evaluations(trainer):
+    x, y = batch(trainer)
+    for name, form, k, passes in [("pgt", "central", 3, 6), ("pgt", "one-sided", 3, 4),
+                                  ("interface", "central", 3, 7), ("spsa", "central", 3, 2),
+                                  ("readout", "central", 3, 1)]:
+        before = trainer.ring_evals
+        trainer.estimator = make_estimator(EstimatorConfig(name=name, form=form, k=k), seed=0)
+        await trainer.estimate(x, y, 0)
+        assert trainer.ring_evals - before == passes * len(y), name
+
+
+async def test_backprop_refuses_a_device_that_is_not_differentiable(trainer):
+    class Opaque:
+        def __init__(self, inner):
+            self.info = inner.info
+            self.inner = inner
+
+        async def forward(self, u):
+            return await self.inner.forward(u)
+
+    trainer.reservoir = Opaque(trainer.reservoir)
+    with pytest.raises(ValueError, match="differentiable"):
+        await estimate(trainer, 0, name="backprop")
