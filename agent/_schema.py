@@ -50,8 +50,8 @@ class OptimizerConfig:
     beta1: float = 0.9              # adam only
     beta2: float = 0.999            # adam only
     eps: float = 1e-8               # adam only
-    weight_decay: float = 0.0       # decoupled, both optimizers
-    schedule: str = "constant"      # constant | cosine (decay to zero over the run)
+    weight_decay: float = 0.05      # decoupled, both optimizers
+    schedule: str = "cosine"        # cosine (decay to zero over the run) | constant
 
 
 @dataclass

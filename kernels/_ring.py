@@ -6,7 +6,7 @@ trip. Each input step u_n drives every slot j through a fixed random mask m_j:
 
     drive  = g0 * (1 + kappa * m_j * u_n)                 input modulates the loop gain
     c      = (h * a_{n-1})[j]                             FIR over neighbouring slots
-    a_n[j] = drive * S(|c|^2) * c * exp(i nu |c|^2) + b * m_j * u_n
+    a_n[j] = drive * S(|c|^2) * c * exp(i nu |c|^2) + b * m_j * u_n + bias
     S(P)   = 1 / (1 + P / p_sat)                          saturation
     f_n[j] = |a_n[j]|^2                                   square-law detector
 
@@ -33,6 +33,7 @@ class RingParams:
     gain: float = 0.85       # loop gain g0 < 1: memory of about 1/(1-g0) round trips
     kappa: float = 0.6       # input modulation depth of the loop gain
     inject: float = 0.5      # direct input injection b
+    bias: float = 0.0        # constant carrier injection: the ring's operating point
     p_sat: float = 1.0       # saturation power
     nu: float = 1.0          # nonlinear phase shift per unit power
     tap: float = 0.2         # neighbour coupling: FIR taps (tap, 1 - 2 tap, tap)
@@ -106,7 +107,7 @@ def ring_forward(params: RingParams, u, *, tick: int = 0, rng=None, keep_cache=F
         co, si = xp.cos(phase), xp.sin(phase)
         drive = g0 * (1.0 + params.kappa * mu)
         rx, ry = cx * co - cy * si, cx * si + cy * co
-        ax = drive * sat * rx + params.inject * mu
+        ax = drive * sat * rx + params.inject * mu + params.bias
         ay = drive * sat * ry
         feats[:, n, :] = ax * ax + ay * ay
         if keep_cache:
