@@ -54,7 +54,10 @@ def configure_logging(run_dir: str | Path, run_id: str | None = None) -> Callabl
     cannot be opened.
     """
     path = Path(run_dir) / EVENTS_FILE
+    torn = _ends_torn(path)
     stream = path.open("a", encoding="utf-8")
+    if torn:
+        stream.write("\n")  # a killed run left half a line: keep ours whole
     before = structlog.get_config()
     capturing = any(isinstance(p, LogCapture) for p in before["processors"])
     structlog.configure(processors=before["processors"] if capturing else _PROCESSORS,
@@ -68,6 +71,15 @@ def configure_logging(run_dir: str | Path, run_id: str | None = None) -> Callabl
         stream.close()
 
     return close
+
+
+def _ends_torn(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except (FileNotFoundError, OSError):  # absent, or empty (cannot seek before 0)
+        return False
 
 
 def get_logger() -> Any:

@@ -201,15 +201,13 @@ class _Run:
             self.ring_evals = int(metrics.get("ring_evals", self.ring_evals))
             self.log.info("step", **metrics)
             self.progress.step(metrics)
-            if trainer.step % train.eval_every == 0:
+            if trainer.step % train.eval_every == 0 or trainer.done:
                 await self._evaluate()
-            if self._checkpoint_due():
+            if self._checkpoint_due() or trainer.done:
                 self._save()
         reason = "finished" if trainer.done else "signal"
-        if reason == "finished" and self.test.get("step") != trainer.step:
-            await self._evaluate()
         if self.saved_step != trainer.step:
-            self._save()  # the final checkpoint always holds the final parameters
+            self._save()  # the last checkpoint always holds the last parameters
         self.log.info("run_stop", reason=reason, step=trainer.step)
         return {"reason": reason, "step": trainer.step, "total_steps": trainer.total_steps,
                 "estimator": self.cfg.estimator.name, "ring_evals": self.ring_evals,

@@ -202,16 +202,16 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float =
 def test_sigint_once_checkpoints_and_exits_0(tmp_path) -> None:
     pytest.importorskip("agent._trainer")
     run_dir = tmp_path / "sig"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "train", "--run-dir", str(tmp_path), "--name", "sig",
-         "--set", "train.steps=5000", "--set", "train.checkpoint_every=5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_checkpoint(run_dir, proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    with subprocess.Popen(
+            [sys.executable, "-m", "agent", "train", "--run-dir", str(tmp_path), "--name",
+             "sig", "--set", "train.steps=5000", "--set", "train.checkpoint_every=5"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            _wait_for_checkpoint(run_dir, proc)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]

@@ -107,3 +107,12 @@ async def test_follow_until_run_stop(tmp_path, autojump_clock) -> None:
         with trio.fail_after(60):
             await follow_events(path, lambda e: seen.append(e["event"]))
     assert seen == ["step", "step", "step", "run_stop"]
+
+
+def test_appending_after_a_torn_line_keeps_new_events_whole(tmp_path) -> None:
+    (tmp_path / "events.jsonl").write_text('{"event": "step", "step": 1}\n{"event": "st')
+    close = configure_logging(tmp_path)
+    get_logger().info("run_resumed", step=1)
+    close()
+    assert [e["event"] for e in read_events(tmp_path / "events.jsonl")] == ["step",
+                                                                           "run_resumed"]
