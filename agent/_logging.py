@@ -103,24 +103,26 @@ def render_event(event: dict[str, Any]) -> str:
 
 async def follow_events(path: str | Path, emit: Callable[[dict[str, Any]], None],
                         *, poll: float = 0.2) -> None:
-    """Pass every event of a growing file to ``emit`` until a ``run_stop`` event.
+    """Pass every event of a growing file to ``emit`` until the run stops.
 
-    Waits for the file to appear; holds back a line until its newline arrives.
-    Cancel it (Ctrl-C) to stop earlier.
+    The run has stopped when the file ends with a ``run_stop`` event; one followed
+    by more events (a resumed run) is history. Waits for the file to appear and
+    holds back a line until its newline arrives. Cancel it (Ctrl-C) to stop earlier.
     """
     path = Path(path)
     while not path.exists():
         await trio.sleep(poll)
     with path.open(encoding="utf-8") as f:
-        pending = ""
+        pending, last = "", None
         while True:
             pending += f.read()
             *lines, pending = pending.split("\n")
             for line in lines:
                 if event := _parse(line):
                     emit(event)
-                    if event.get("event") == "run_stop":
-                        return
+                    last = event.get("event")
+            if last == "run_stop" and not pending:
+                return
             await trio.sleep(poll)
 
 

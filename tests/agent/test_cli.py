@@ -220,3 +220,36 @@ def test_sigint_once_checkpoints_and_exits_0(tmp_path) -> None:
     assert 0 < stop["step"] < 5000
     assert latest_checkpoint(run_dir).name == f"step-{stop['step']}"
     assert out.splitlines()[-1].startswith(f"stopped at step {stop['step']} of 5000")
+
+
+def _errors() -> list:
+    from agent._checkpoint import CheckpointError
+    from agent._config import ConfigError
+    from agent._runloop import RunDirError
+    backend = pytest.importorskip("backends").ReservoirError
+    return [(ConfigError("config: bad"), 2, "pgt: config: bad"),
+            (CheckpointError("checkpoint x: checksum mismatch"), 1,
+             "pgt: checkpoint x: checksum mismatch"),
+            (RunDirError("no run directory at y"), 1, "pgt: no run directory at y"),
+            (backend("ring unplugged"), 1, "pgt: ring unplugged"),
+            (OSError(28, "No space left on device"), 1,
+             "pgt: [Errno 28] No space left on device"),
+            (RunInterrupted("interrupted by SIGINT"), 130, "pgt: interrupted by SIGINT"),
+            (KeyboardInterrupt(), 130, "pgt: interrupted")]
+
+
+def _raising(error: BaseException, nested: bool):
+    async def fail(*args, **kwargs):
+        if nested:  # as trio's nurseries deliver it: groups within groups
+            raise BaseExceptionGroup("nursery", [BaseExceptionGroup("inner", [error])])
+        raise error
+    return fail
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_errors_from_nurseries_become_one_line_and_a_status(tmp_path, monkeypatch, capsys,
+                                                           nested) -> None:
+    for error, status, line in _errors():
+        monkeypatch.setattr("agent.cli.run_training", _raising(error, nested))
+        assert main(["train", "--run-dir", str(tmp_path)]) == status
+        assert _one_error_line(capsys) == line

@@ -99,7 +99,7 @@ async def test_follow_until_run_stop(tmp_path, autojump_clock) -> None:
             f.write('{"event": "run_st')  # half a line: held back until complete
             f.flush()
             await trio.sleep(1)
-            f.write('op", "reason": "finished"}\n{"event": "after"}\n')
+            f.write('op", "reason": "finished"}\n')
             f.flush()
 
     async with trio.open_nursery() as nursery:
@@ -116,3 +116,20 @@ def test_appending_after_a_torn_line_keeps_new_events_whole(tmp_path) -> None:
     close()
     assert [e["event"] for e in read_events(tmp_path / "events.jsonl")] == ["step",
                                                                            "run_resumed"]
+
+
+async def test_follow_a_resumed_run_past_its_earlier_stop(tmp_path, autojump_clock) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "run_stop", "reason": "signal"}\n{"event": "run_resumed"}\n')
+    seen: list[str] = []
+
+    async def write() -> None:
+        await trio.sleep(5)
+        with path.open("a") as f:
+            f.write('{"event": "step"}\n{"event": "run_stop", "reason": "finished"}\n')
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        with trio.fail_after(60):
+            await follow_events(path, lambda e: seen.append(e["event"]))
+    assert seen == ["run_stop", "run_resumed", "step", "run_stop"]
