@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-__all__ = ["Progress", "human_count", "human_duration"]
+__all__ = ["Progress", "human_count", "human_duration", "result_line"]
 
 
 def human_count(n: float) -> str:
@@ -128,3 +128,16 @@ class Progress:
             self._status.write("\r\x1b[K")
             self._status.flush()
             self._drawn = False
+
+
+def result_line(result: Mapping[str, Any]) -> str:
+    """The one line a run ends with, from ``run_training``'s result."""
+    acc = result.get("test_accuracy")
+    shown = f"{100 * acc:.1f}%" if acc is not None else "not measured yet"
+    details = (f"(estimator {result['estimator']}, {result['step']} steps, "
+               f"{human_count(result['ring_evals'])} ring evaluations, "
+               f"{human_duration(result['elapsed_s'])}) run {result['run_dir']}")
+    if result["reason"] == "finished":
+        return f"test accuracy {shown} {details}"
+    return (f"stopped at step {result['step']} of {result['total_steps']}, last test "
+            f"accuracy {shown} {details}; pgt resume {result['run_dir']} continues it")

@@ -21,7 +21,7 @@ from agent._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoi
                                save_checkpoint)
 from agent._config import config_to_toml, load_config
 from agent._logging import configure_logging, get_logger
-from agent._progress import Progress, human_count, human_duration
+from agent._progress import Progress, result_line
 from agent._schema import Config
 
 __all__ = ["RunDirError", "RunInterrupted", "evaluate_run", "new_run_dir",
@@ -115,14 +115,15 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
     async with open_reservoir(cfg.reservoir.url, seed=cfg.seed,
                               device=cfg.device) as reservoir:
         trainer = make_trainer(cfg, reservoir)
+        meta: dict[str, Any] = {}
+        if checkpoint is not None:
+            path, arrays, meta = checkpoint
+            _restore(trainer, path, arrays)
         if not resume:
             _create(run_dir, cfg)
         close_logging = configure_logging(run_dir)
         try:
-            meta: dict[str, Any] = {}
             if checkpoint is not None:
-                path, arrays, meta = checkpoint
-                _restore(trainer, path, arrays)
                 get_logger().info("run_resumed", step=trainer.step, checkpoint=path)
             run = _Run(cfg, run_dir, trainer, progress or Progress(quiet=True), meta)
             return await run.supervise(resumed=resume)
@@ -157,7 +158,8 @@ class _Run:
         self.ring_evals = int(meta.get("ring_evals", 0))
         self.test: dict[str, Any] = {}
         if "test_accuracy" in meta:
-            self.test = {"step": meta["test_step"], "test_accuracy": meta["test_accuracy"]}
+            self.test = {"step": meta.get("test_step", meta["step"]),
+                         "test_accuracy": meta["test_accuracy"]}
         self.saved_step = trainer.step if meta else None
         self.elapsed0 = float(meta.get("elapsed_s", 0.0))
         self.t0 = self.saved_time = trio.current_time()
@@ -175,7 +177,7 @@ class _Run:
             await nursery.start(self._watch_signals)
             result = await self._loop()
             nursery.cancel_scope.cancel()
-        self.progress.finish(_result_line(result))
+        self.progress.finish(result_line(result))
         return result
 
     async def _watch_signals(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -240,15 +242,3 @@ class _Run:
     def _elapsed(self) -> float:
         return self.elapsed0 + trio.current_time() - self.t0
 
-
-def _result_line(result: dict[str, Any]) -> str:
-    """The one line a run ends with on stdout."""
-    acc = result.get("test_accuracy")
-    shown = f"{100 * acc:.1f}%" if acc is not None else "not measured yet"
-    details = (f"(estimator {result['estimator']}, {result['step']} steps, "
-               f"{human_count(result['ring_evals'])} ring evaluations, "
-               f"{human_duration(result['elapsed_s'])}) run {result['run_dir']}")
-    if result["reason"] == "finished":
-        return f"test accuracy {shown} {details}"
-    return (f"stopped at step {result['step']} of {result['total_steps']}, last test "
-            f"accuracy {shown} {details}; pgt resume {result['run_dir']} continues it")

@@ -253,3 +253,17 @@ def test_errors_from_nurseries_become_one_line_and_a_status(tmp_path, monkeypatc
         monkeypatch.setattr("agent.cli.run_training", _raising(error, nested))
         assert main(["train", "--run-dir", str(tmp_path)]) == status
         assert _one_error_line(capsys) == line
+
+
+def test_result_lines() -> None:
+    from agent._progress import result_line
+    done = {"reason": "finished", "step": 1500, "total_steps": 1500, "estimator": "interface",
+            "ring_evals": 1_234_567, "elapsed_s": 84.2, "run_dir": "runs/x",
+            "test_accuracy": 0.9761}
+    assert result_line(done) == ("test accuracy 97.6% (estimator interface, 1500 steps, "
+                                 "1.23M ring evaluations, 84 s) run runs/x")
+    stopped = {**done, "reason": "signal", "step": 7, "test_accuracy": None}
+    assert result_line(stopped) == (
+        "stopped at step 7 of 1500, last test accuracy not measured yet (estimator "
+        "interface, 7 steps, 1.23M ring evaluations, 84 s) run runs/x; pgt resume runs/x "
+        "continues it")
