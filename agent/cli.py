@@ -112,11 +112,12 @@ def _fail(group: BaseExceptionGroup, code: int) -> int:
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from backends import ReservoirError
-    except ImportError:  # a backend package without it: only the generic errors
-        return ()
-    return (ReservoirError,)
+    """Errors of the devices, the array library and the data: one line, exit 1."""
+    from agent._data import DataError
+    from backends import ReservoirError
+    from kernels import DeviceError
+
+    return (ReservoirError, DeviceError, DataError)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -267,3 +267,16 @@ def test_result_lines() -> None:
         "stopped at step 7 of 1500, last test accuracy not measured yet (estimator "
         "interface, 7 steps, 1.23M ring evaluations, 84 s) run runs/x; pgt resume runs/x "
         "continues it")
+
+
+def test_asking_for_a_gpu_without_one_is_a_one_line_error(tmp_path, capsys):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    code = main(["train", "--device", "gpu", "--run-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("pgt: ") and "gpu" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
