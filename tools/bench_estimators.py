@@ -28,7 +28,7 @@ PLAN = {
     "backprop": ([], 1500, 20),
     "interface": ([], 1500, 20),
     "readout": ([], 1500, 20),
-    "pgt": (["estimator.k=16", "estimator.sigma=0.01", "optimizer.lr=0.003"], 10000, 100),
+    "pgt": (["estimator.k=16", "estimator.sigma=0.01", "optimizer.lr=0.006"], 10000, 100),
     "spsa": (["estimator.sigma=0.01", "optimizer.lr=0.003", "estimator.spsa_a=1000",
               "optimizer.schedule=constant"], 20000, 200),
 }
