@@ -98,30 +98,42 @@ def _pgt(*args: str) -> list[str]:
     return [sys.executable, "-m", "agent", *args]
 
 
+def _start_and_wait_for_checkpoint(args: list[str], run_dir: Path) -> tuple[subprocess.Popen, float]:
+    """Start a run; return it once its first checkpoint exists, with that moment."""
+    proc = subprocess.Popen(_pgt(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while latest_checkpoint(run_dir) is None:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.002)
+    return proc, time.monotonic()
+
+
 def test_killed_at_a_random_moment_then_resumed_is_bit_exact(tmp_path) -> None:
     pytest.importorskip("agent._trainer")
     settings = ["--set", "train.steps=40", "--set", "train.checkpoint_every=1",
                 "--set", "train.eval_every=10", "--run-dir", str(tmp_path), "--quiet"]
-    seed = int(os.environ.get("PGT_KILL_SEED", random.randrange(2**32)))
-    delay = random.Random(seed).uniform(0.0, 1.0)
-    print(f"kill seed {seed} (PGT_KILL_SEED={seed} repeats it): SIGKILL {delay:.3f} s "
-          f"after the first checkpoint")
-    subprocess.run(_pgt("train", "--name", "whole", *settings), check=True,
-                   capture_output=True, timeout=120)
+    # the uninterrupted run also measures how long a run lasts after its first
+    # checkpoint, so the kill can land at a random moment inside that span
+    whole, started = _start_and_wait_for_checkpoint(["train", "--name", "whole", *settings],
+                                                    tmp_path / "whole")
+    assert whole.wait(timeout=120) == 0, whole.stderr.read()
+    span = time.monotonic() - started
+    whole.stderr.close()
 
-    with subprocess.Popen(_pgt("train", "--name", "killed", *settings),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
-        try:
-            deadline = time.monotonic() + 60
-            while latest_checkpoint(tmp_path / "killed") is None:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "no checkpoint appeared"
-                time.sleep(0.005)
-            time.sleep(delay)
-        finally:
-            proc.send_signal(signal.SIGKILL)
+    seed = int(os.environ.get("PGT_KILL_SEED", random.randrange(2**32)))
+    delay = span * random.Random(seed).uniform(0.05, 0.8)
+    print(f"kill seed {seed} (PGT_KILL_SEED={seed} repeats it): SIGKILL {delay:.3f} s "
+          f"after the first checkpoint, of a {span:.3f} s span")
+    proc, _ = _start_and_wait_for_checkpoint(["train", "--name", "killed", *settings],
+                                             tmp_path / "killed")
+    with proc:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
     killed_at = latest_checkpoint(tmp_path / "killed").name
     print(f"killed with {killed_at} as the latest checkpoint (rc {proc.returncode})")
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    assert killed_at != "step-40"
 
     resumed = subprocess.run(_pgt("resume", str(tmp_path / "killed"), "--quiet"),
                              capture_output=True, text=True, timeout=120)
