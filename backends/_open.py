@@ -49,12 +49,20 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     """Open the reservoir named by ``url`` for the duration of the ``async with``.
 
     ``sim://ring?nodes=24&gain=0.85&noise=0.01``: the simulated ring (parameters:
-    kernels.RingParams, plus ``inputs`` and ``max_batch``). Raises
-    ReservoirURLError (one line, naming the problem) for an unknown scheme or a
-    bad parameter.
+    kernels.RingParams, plus ``inputs`` and ``max_batch``).
+    ``serial:///dev/ttyACM0?baud=115200``, ``socket://127.0.0.1:7000``, ``emu://``:
+    a microcontroller speaking docs/protocol.md (parameters: backends/_device_open.py).
+    Raises ReservoirURLError (one line, naming the problem) for an unknown scheme or
+    a bad parameter, and DeviceUnavailable when a device cannot be reached.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "sim":
         yield _open_sim(parsed, seed, device)
         return
-    raise ReservoirURLError(f"reservoir URL {url!r}: unknown scheme {parsed.scheme!r} (known: sim)")
+    if parsed.scheme in ("serial", "socket", "emu"):
+        from backends._device_open import open_device_url
+        async with open_device_url(url, seed=seed) as reservoir:
+            yield reservoir
+        return
+    raise ReservoirURLError(f"reservoir URL {url!r}: unknown scheme {parsed.scheme!r} "
+                            f"(known: sim, serial, socket, emu)")

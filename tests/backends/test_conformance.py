@@ -4,17 +4,44 @@ A backend joins by adding a factory to BACKENDS: an async context manager that
 yields an opened reservoir. Each test speaks only the Reservoir protocol.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
+import trio
 
 from backends import Reservoir, ReservoirURLError, open_reservoir
+from backends._emulate import serve_pty, serve_tcp
+from backends._emulator import EmulatedDevice, EmulatorConfig
+from kernels import RingParams
+
+
+@contextlib.asynccontextmanager
+async def _served(serve, url):
+    """An emulated microcontroller served on a pty or loopback TCP, opened by URL."""
+    device = EmulatedDevice(EmulatorConfig(ring=RingParams(nodes=6), n_inputs=4, max_batch=16))
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve, device)
+        async with open_reservoir(url(address), seed=1) as reservoir:
+            yield reservoir
+        nursery.cancel_scope.cancel()
+
 
 BACKENDS = {
     "sim": lambda: open_reservoir("sim://ring", seed=1),
     "sim-small": lambda: open_reservoir("sim://ring?nodes=5&inputs=3&max_batch=8", seed=1),
     "sim-noisy": lambda: open_reservoir("sim://ring?noise=0.02&drift=0.01", seed=1),
+    "emu": lambda: open_reservoir("emu://", seed=1),
+    "emu-sampled": lambda: open_reservoir(
+        "emu://?inputs=5&nodes=7&max_batch=8&bits=12&sample_steps=2-4&sample_nodes=0,3,6", seed=1),
+    "emu-faulty": lambda: open_reservoir(
+        "emu://?inputs=3&nodes=4&max_batch=8&bits=8&faults=corrupt=0.003;drop=0.002;"
+        "truncate=0.05;duplicate=0.1&timeout_ms=30", seed=1),
+    "serial-pty": lambda: _served(serve_pty, lambda path: f"serial://{path}?baud=115200"),
+    "socket": lambda: _served(serve_tcp, lambda addr: f"socket://{addr[0]}:{addr[1]}"),
 }
-DETERMINISTIC = {"sim", "sim-small"}
+DETERMINISTIC = {"sim", "sim-small", "emu", "emu-sampled", "emu-faulty",
+                 "serial-pty", "socket"}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
