@@ -175,6 +175,7 @@ class _Run:
         self.progress.start(self.trainer.step, self.trainer.total_steps, self.elapsed0)
         async with trio.open_nursery() as nursery:
             await nursery.start(self._watch_signals)
+            nursery.start_soon(self._watch_device)
             result = await self._loop()
             nursery.cancel_scope.cancel()
         self.progress.finish(result_line(result))
@@ -195,6 +196,25 @@ class _Run:
                 self.log.info("stop_requested", signal=name, step=self.trainer.step)
                 self.progress.notice(f"{name}: stopping after this step "
                                      f"(again to stop at once)")
+
+    async def _watch_device(self) -> None:
+        """Log the run suspending while its device is quarantined, and resuming after.
+
+        The trainer simply waits on the ring meanwhile; a backend without ``health``
+        (the simulator) never suspends.
+        """
+        health = getattr(getattr(self.trainer, "reservoir", None), "health", None)
+        if health is None:
+            return
+        while True:
+            await health.wait_until(quarantined=True)
+            since = trio.current_time()
+            self.log.warning("run_suspended", step=self.trainer.step, reason=health.reason)
+            self.progress.notice(f"device quarantined ({health.reason}); run suspended")
+            await health.wait_until(quarantined=False)
+            self.log.warning("run_resumed_after_suspend", step=self.trainer.step,
+                             suspended_s=round(trio.current_time() - since, 3))
+            self.progress.notice("device recovered; run resumed")
 
     async def _loop(self) -> dict[str, Any]:
         trainer, train = self.trainer, self.cfg.train

@@ -76,6 +76,8 @@ class Trainer:
         self.eval_ring_evals = 0
         self.total_steps = cfg.train.steps
 
+    _ring_wait_s = 0.0   # time spent awaiting the ring (device, link, queue): step timing
+
     @property
     def done(self) -> bool:
         return self.step >= self.total_steps
@@ -91,9 +93,11 @@ class Trainer:
         async def run(i: int) -> None:
             results[i] = np.asarray(await self.reservoir.forward(chunks[i]))
 
+        t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i in range(len(chunks)):
                 nursery.start_soon(run, i)
+        self._ring_wait_s += trio.current_time() - t0
         return np.concatenate(results, axis=0)
 
     # -- one step ---------------------------------------------------------------
@@ -132,7 +136,14 @@ class Trainer:
         return ev
 
     async def train_step(self) -> dict[str, float]:
-        """Run one optimizer step; return its metrics."""
+        """Run one optimizer step; return its metrics, with where its time went.
+
+        ``time_link_s``: bytes on the device link (a device backend's ``link_seconds``,
+        known when it knows the link's rate); ``time_ring_s``: the rest of the time
+        awaiting the ring; ``time_host_s``: everything else (digital layers, estimator).
+        """
+        t0, ring0 = trio.current_time(), self._ring_wait_s
+        link0 = getattr(self.reservoir, "link_seconds", 0.0)
         idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         grad, metrics, ev = await self.estimate(x, y, self.step)
@@ -140,7 +151,11 @@ class Trainer:
         self.params, self.opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
         self.step += 1
         loss = float(ev.losses.mean())
-        return {"step": self.step, "loss": loss, "ring_evals": self.ring_evals, **metrics}
+        ring = self._ring_wait_s - ring0
+        link = getattr(self.reservoir, "link_seconds", 0.0) - link0
+        timing = {"time_link_s": link, "time_ring_s": max(ring - link, 0.0),
+                  "time_host_s": max(trio.current_time() - t0 - ring, 0.0)}
+        return {"step": self.step, "loss": loss, "ring_evals": self.ring_evals, **metrics, **timing}
 
     async def estimate(self, x, y, step: int):
         """The estimator's gradient at the current parameters on batch (x, y).

@@ -5,6 +5,8 @@
     pgt resume RUN_DIR [--quiet]
     pgt logs RUN_DIR [--follow] [--event NAME ...]
     pgt eval RUN_DIR
+    pgt emulate [--pty | --tcp PORT] [--host ADDR] [--latency-ms MS] [--baud BAUD]
+                [--noise X] [--drift X] [--faults SPEC]
 
 Errors a person can act on (configuration, run directory, checkpoint, device) are
 handled once, here: one line on stderr starting with ``pgt: `` and exit status 2
@@ -99,6 +101,25 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    from backends import EmulatorConfig, FaultSpec, emulate
+    from kernels import RingParams
+
+    try:
+        config = EmulatorConfig(
+            ring=RingParams(nodes=args.nodes, noise=args.noise, drift=args.drift),
+            n_inputs=args.inputs, max_batch=args.max_batch, latency_s=args.latency_ms / 1000,
+            baud=args.baud, seed=args.seed, faults=FaultSpec.parse(args.faults))
+    except ValueError as e:
+        raise ConfigError(f"emulate: {e}") from None
+    try:
+        trio.run(partial(emulate, config, tcp_port=args.tcp, host=args.host, link=args.link,
+                         announce=lambda line: print(line, flush=True)))
+    except* KeyboardInterrupt:
+        pass  # Ctrl-C is how a person stops the emulator
+    return 0
+
+
 def _fail(group: BaseExceptionGroup, code: int) -> int:
     """Print the first error of a group as one line; return the exit status."""
     error: BaseException = group
@@ -153,4 +174,25 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="test accuracy of the latest checkpoint")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(handler=_eval)
+
+    emulate = commands.add_parser("emulate", help="run an emulated microcontroller with the "
+                                  "simulated ring behind it")
+    link = emulate.add_mutually_exclusive_group()
+    link.add_argument("--pty", action="store_true", help="serve on a new pty (the default)")
+    link.add_argument("--tcp", type=int, metavar="PORT", help="serve on a TCP port (0: any)")
+    emulate.add_argument("--host", default="127.0.0.1", help="TCP address (default: loopback)")
+    emulate.add_argument("--link", metavar="PATH", help="keep a symlink to the current pty here "
+                         "(stable across an unplug)")
+    emulate.add_argument("--latency-ms", type=float, default=0.0, help="firmware time per FORWARD")
+    emulate.add_argument("--baud", type=float, default=0.0,
+                         help="link byte rate to model, e.g. 115200 or 12e6 (default: unlimited)")
+    emulate.add_argument("--noise", type=float, default=0.0, help="detector noise (relative)")
+    emulate.add_argument("--drift", type=float, default=0.0, help="slow gain drift (relative)")
+    emulate.add_argument("--faults", default="", metavar="SPEC",
+                         help="e.g. corrupt=0.01,reset_every=500,unplug_at=2000 (see FaultSpec)")
+    emulate.add_argument("--inputs", type=int, default=16, help="input steps per sample")
+    emulate.add_argument("--nodes", type=int, default=24, help="virtual nodes of the ring")
+    emulate.add_argument("--max-batch", type=int, default=64, help="samples per FORWARD")
+    emulate.add_argument("--seed", type=int, default=0, help="seeds the detector noise")
+    emulate.set_defaults(handler=_emulate)
     return parser

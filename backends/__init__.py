@@ -1,10 +1,23 @@
 """Reservoir devices behind one protocol.
 
 The agent reaches every ring, simulated or real, through ``open_reservoir(url)``
-and the ``Reservoir`` protocol; it never imports a concrete backend.
+and the ``Reservoir`` protocol; it never imports a concrete backend. A device on
+a serial port or a socket (``serial://``, ``socket://``) and the emulated
+microcontroller (``emu://``, ``emulate``) speak docs/protocol.md; their faults are
+ReservoirErrors with names.
 """
 
+from backends._device import DeviceUnavailable
+from backends._device_link import DeviceDataError
+from backends._emulate import emulate, serve_pty, serve_tcp
+from backends._emulator import EmulatedDevice, EmulatorConfig
+from backends._faults import FaultSpec
+from backends._health import DeviceHealth
 from backends._open import open_reservoir
 from backends._protocol import Reservoir, ReservoirError, ReservoirInfo, ReservoirURLError
+from backends._session import DeviceMismatch, DeviceRefused, LinkLost
 
-__all__ = ["Reservoir", "ReservoirError", "ReservoirInfo", "ReservoirURLError", "open_reservoir"]
+__all__ = ["DeviceDataError", "DeviceHealth", "DeviceMismatch", "DeviceRefused",
+           "DeviceUnavailable", "EmulatedDevice", "EmulatorConfig", "FaultSpec", "LinkLost",
+           "Reservoir", "ReservoirError", "ReservoirInfo", "ReservoirURLError", "emulate",
+           "open_reservoir", "serve_pty", "serve_tcp"]

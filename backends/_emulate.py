@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 import tty
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import trio
 import trio.testing
 
-from backends._emulator import EmulatedDevice, Unplugged
+from backends._emulator import EmulatedDevice, EmulatorConfig, Unplugged
 from backends._messages import ResetCause
 from backends._transport import FdStream
 
-__all__ = ["MemoryLink", "serve_pty", "serve_tcp"]
+__all__ = ["MemoryLink", "emulate", "serve_pty", "serve_tcp"]
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -123,3 +124,22 @@ class MemoryLink:
             self._unplugged = True
             await trio.sleep(self.device.config.faults.unplug_s)
             self._unplugged = False
+
+
+async def emulate(config: EmulatorConfig, *, tcp_port: int | None = None, host: str = "127.0.0.1",
+                  link: str | None = None, announce: Callable[[str], None] = print) -> None:
+    """Run an emulated microcontroller on a pty (default) or TCP until cancelled.
+
+    ``announce`` gets one line naming the URL a host opens (and later pty paths).
+    """
+    device = EmulatedDevice(config)
+    baud = f"?baud={config.baud:g}" if config.baud else ""
+    async with trio.open_nursery() as nursery:
+        if tcp_port is None:
+            path = await nursery.start(partial(serve_pty, device, link=link,
+                                               announce=lambda p: announce(f"replugged: serial://{p}")))
+            announce(f"emulating {config.firmware_id} on serial://{path}{baud}"
+                     + (f" (stable link: serial://{link}{baud})" if link else ""))
+        else:
+            where = await nursery.start(partial(serve_tcp, device, tcp_port, host=host))
+            announce(f"emulating {config.firmware_id} on socket://{where[0]}:{where[1]}{baud}")
