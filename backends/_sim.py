@@ -1,25 +1,41 @@
-"""The ``sim://`` backend: the simulated ring behind the Reservoir protocol."""
+"""The ``sim://`` backend: the simulated ring behind the Reservoir protocol.
+
+On ``device="gpu"`` the ring runs on CuPy (the fused one-launch kernel of
+kernels/_fused.py unless ``fused=False``) and ``forward`` hands back host NumPy
+features, so the agent's NumPy code is the same for both devices. The trainer's
+digital layers, directions and accumulation stay on the CPU for now.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from backends._protocol import ReservoirInfo, check_inputs
-from kernels import RingParams, get_xp, ring_backward, ring_forward
+from kernels import (
+    RingParams,
+    fused_ring_forward,
+    fused_ring_supported,
+    get_xp,
+    ring_backward,
+    ring_forward,
+    to_numpy,
+)
 
 
 class SimRing:
     """A simulated ring reached exactly as hardware is: ``await forward(u)``.
 
     The ring keeps a clock (one tick per forward call) that drives its gain drift
-    and seeds its detector noise, so a run is reproducible from (seed, tick) and a
-    resume restores the clock through ``state_dict``.
+    and, with ``seed``, its detector noise, so a run is reproducible from
+    (seed, tick), on either device, and a resume restores the clock through
+    ``state_dict``. Raises DeviceError (one line) when ``device`` cannot be used.
     """
 
     def __init__(self, params: RingParams, *, n_inputs: int = 16, max_batch: int = 65536,
-                 seed: int = 0, device: str = "cpu") -> None:
+                 seed: int = 0, device: str = "cpu", fused: bool = True) -> None:
         self.params = params
         self.xp = get_xp(device)
+        self.fused = fused and device == "gpu" and fused_ring_supported(params)
         self.seed = seed
         self.tick = 0
         self.info = ReservoirInfo(
@@ -27,22 +43,20 @@ class SimRing:
             max_batch=max_batch,
         )
 
-    async def forward(self, u):
+    async def forward(self, u) -> np.ndarray:
         u = self.xp.asarray(u, dtype=self.xp.float64)
         check_inputs(self.info, u)
-        rng = None
-        if self.params.noise > 0:
-            rng = self.xp.random.default_rng([self.seed, self.tick, 0x5EED])
-        feats = ring_forward(self.params, u, tick=self.tick, rng=rng)
+        run = fused_ring_forward if self.fused else ring_forward
+        feats = run(self.params, u, tick=self.tick, seed=self.seed)
         self.tick += 1
-        return feats.reshape(u.shape[0], -1)
+        return to_numpy(feats.reshape(u.shape[0], -1))
 
-    def vjp(self, u, grad_features):
+    def vjp(self, u, grad_features) -> np.ndarray:
         """Gradient w.r.t. ``u`` of <grad_features, forward(u)> for the noise-free ring."""
         u = self.xp.asarray(u, dtype=self.xp.float64)
         _, cache = ring_forward(self.params, u, tick=self.tick, keep_cache=True)
-        grad = grad_features.reshape(u.shape[0], u.shape[1], self.params.nodes)
-        return ring_backward(self.params, cache, grad)
+        grad = self.xp.asarray(grad_features).reshape(u.shape[0], u.shape[1], self.params.nodes)
+        return to_numpy(ring_backward(self.params, cache, grad))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"tick": np.asarray(self.tick, dtype=np.int64)}

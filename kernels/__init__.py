@@ -1,6 +1,8 @@
 """Array math on NumPy or CuPy: the simulated ring, the digital layers and the
-counter-based perturbations. Every function is xp-generic."""
+counter-based perturbations. Every function is xp-generic; the ``fused_*`` ones are
+single CuPy kernels (CuPy is imported only when one is called)."""
 
+from kernels._fused import fused_accumulate, fused_ring_forward, fused_ring_supported
 from kernels._layers import (
     batched_dense_forward,
     dense_backward,
@@ -11,12 +13,13 @@ from kernels._layers import (
     tanh_forward,
 )
 from kernels._philox import DISTRIBUTIONS, accumulate, directions, philox4x32
-from kernels._ring import RingParams, ring_backward, ring_forward
+from kernels._ring import NOISE_STREAM, RingParams, detector_noise, ring_backward, ring_forward
 from kernels._xp import DeviceError, array_module, get_xp, to_numpy
 
 __all__ = [
-    "DISTRIBUTIONS", "DeviceError", "RingParams", "accumulate", "array_module",
-    "batched_dense_forward", "dense_backward", "dense_forward", "directions", "get_xp",
-    "philox4x32", "ring_backward", "ring_forward", "softmax_cross_entropy",
-    "softmax_cross_entropy_backward", "tanh_backward", "tanh_forward", "to_numpy",
+    "DISTRIBUTIONS", "NOISE_STREAM", "DeviceError", "RingParams", "accumulate", "array_module",
+    "batched_dense_forward", "dense_backward", "dense_forward", "detector_noise", "directions",
+    "fused_accumulate", "fused_ring_forward", "fused_ring_supported", "get_xp", "philox4x32",
+    "ring_backward", "ring_forward", "softmax_cross_entropy", "softmax_cross_entropy_backward",
+    "tanh_backward", "tanh_forward", "to_numpy",
 ]

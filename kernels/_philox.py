@@ -7,7 +7,10 @@ cheap accumulation and workers that exchange seeds and scalar losses only.
 Element i of a direction reads word i % 4 of the Philox block with counter
 (i // 4, k, step, stream) under the key (seed low 32 bits, seed high 32 bits).
 The generator is written with plain uint32/uint64 array arithmetic so NumPy and
-CuPy produce the same bits.
+CuPy produce the same bits (words and Rademacher signs bit for bit; Gaussians up to
+the last-bit differences of each library's log/sin/cos). The counter's first word
+is the block index, so a direction has at most 2**34 elements. The fused CuPy
+kernels (kernels/_fused.py) compute the same element i from the same counter.
 """
 
 from __future__ import annotations
@@ -47,27 +50,28 @@ def _words(xp, seed: int, stream: int, step: int, ks, size: int):
 
 def _to_direction(xp, words, distribution: str, dtype):
     if distribution == "rademacher":
-        return xp.where((words >> xp.uint64(31)) == 1, 1.0, -1.0).astype(dtype)
+        # The top bit: 1 -> +1, 0 -> -1 (plain arithmetic, no scalar-argument where()).
+        return (words >> xp.uint64(31)).astype(dtype) * 2.0 - 1.0
     if distribution == "gaussian":
         # Pairs of words (2i, 2i+1) -> two normals by Box-Muller; u1 in (0, 1].
+        # ``words`` has an even length (see ``directions``): element i never
+        # depends on how long the direction is.
         n, size = words.shape
-        padded = xp.zeros((n, size + size % 2), dtype=xp.uint64)
-        padded[:, :size] = words
-        w = padded.reshape(n, -1, 2).astype(xp.float64)
+        w = words.reshape(n, -1, 2).astype(xp.float64)
         u1 = (w[..., 0] + 1.0) / 4294967296.0
         u2 = w[..., 1] / 4294967296.0
         radius = xp.sqrt(-2.0 * xp.log(u1))
         angle = 2.0 * np.pi * u2
         z = xp.stack([radius * xp.cos(angle), radius * xp.sin(angle)], axis=-1)
-        return z.reshape(n, -1)[:, :size].astype(dtype)
+        return z.reshape(n, size).astype(dtype)
     raise ValueError(f"unknown perturbation distribution {distribution!r}")
 
 
 def directions(seed: int, step: int, ks, size: int, distribution: str = "rademacher",
                *, stream: int = 0, xp=np, dtype=np.float64):
     """Directions δ_k for every k in ``ks``: an array (len(ks), size)."""
-    words = _words(xp, seed, stream, step, list(ks), size)
-    return _to_direction(xp, words, distribution, dtype)
+    words = _words(xp, seed, stream, step, list(ks), size + size % 2)
+    return _to_direction(xp, words, distribution, dtype)[:, :size]
 
 
 def accumulate(seed: int, step: int, coeffs, size: int, distribution: str = "rademacher",

@@ -12,8 +12,11 @@ trip. Each input step u_n drives every slot j through a fixed random mask m_j:
 
 The complex amplitude is carried as two real arrays (x, y), so the same code runs
 on NumPy and CuPy and its backward is plain real calculus. Detector noise is
-multiplicative (``noise`` = relative standard deviation); slow gain drift is a
-sinusoid of the ring's own clock (one tick per forward call).
+multiplicative (``noise`` = relative standard deviation) and counter-based: element i
+of the features called at clock ``tick`` with ``seed`` reads Gaussian i of the Philox
+direction (seed, NOISE_STREAM, step=tick, k=0), so the CPU and the GPU draw the
+same noise. Slow gain drift is a sinusoid of the ring's own clock (one tick per
+forward call). kernels/_fused.py holds the same map as one CuPy kernel.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from kernels._philox import directions
 from kernels._xp import array_module
+
+NOISE_STREAM = 0x5EED  # Philox stream of the detector noise (estimators use 0 and 1)
 
 
 @dataclass(frozen=True)
@@ -58,16 +64,21 @@ class RingParams:
     def field_types(cls) -> dict[str, type]:
         return {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
 
-    def mask(self, xp=np):
-        """The fixed input mask m_j, uniform in [-1, 1], from ``mask_seed``."""
+    def mask(self, xp=np, dtype=np.float64):
+        """The fixed input mask m_j, uniform in [-1, 1], from ``mask_seed``.
+
+        Drawn on the host (NumPy) and copied to ``xp``, so every device sees the
+        same mask.
+        """
         rng = np.random.default_rng(self.mask_seed)
-        return xp.asarray(rng.uniform(-1.0, 1.0, self.nodes))
+        return xp.asarray(rng.uniform(-1.0, 1.0, self.nodes).astype(dtype))
 
     def gain_at(self, tick: int) -> float:
         """Loop gain at the ring's clock ``tick``, with the slow drift applied."""
         if self.drift == 0.0:
             return self.gain
-        return self.gain * (1.0 + self.drift * np.sin(2.0 * np.pi * tick / self.drift_period))
+        # A Python float: a NumPy float64 scalar would promote float32 arrays.
+        return float(self.gain * (1.0 + self.drift * np.sin(2.0 * np.pi * tick / self.drift_period)))
 
 
 def _fir(params: RingParams, a):
@@ -82,17 +93,25 @@ def _fir_transpose(params: RingParams, g):
     return t * xp.roll(g, -1, axis=-1) + (1.0 - 2.0 * t) * g + t * xp.roll(g, 1, axis=-1)
 
 
-def ring_forward(params: RingParams, u, *, tick: int = 0, rng=None, keep_cache=False):
+def detector_noise(seed: int, tick: int, shape, *, xp=np, dtype=np.float64):
+    """Standard normal detector noise of one forward call: Philox (seed, tick)."""
+    size = int(np.prod(shape))
+    z = directions(seed, tick, [0], size, "gaussian", stream=NOISE_STREAM, xp=xp, dtype=dtype)
+    return z.reshape(shape)
+
+
+def ring_forward(params: RingParams, u, *, tick: int = 0, seed: int | None = None,
+                 keep_cache=False):
     """Run the ring over input sequences ``u`` (B, T) in [-1, 1].
 
     Returns features (B, T, N) (detector power of every slot on every round trip)
-    and, with ``keep_cache``, what ``ring_backward`` needs. ``rng`` (a NumPy or CuPy
-    Generator) draws detector noise when ``params.noise`` > 0; ``tick`` is the
-    ring's clock for the gain drift.
+    and, with ``keep_cache``, what ``ring_backward`` needs. ``tick`` is the ring's
+    clock: it sets the gain drift and, with ``seed``, the detector noise (required
+    when ``params.noise`` > 0; see ``detector_noise``). Computes in ``u.dtype``.
     """
     xp = array_module(u)
     batch, steps = u.shape
-    mask = params.mask(xp)
+    mask = params.mask(xp, u.dtype)
     g0 = params.gain_at(tick)
     ax = xp.zeros((batch, params.nodes), dtype=u.dtype)
     ay = xp.zeros_like(ax)
@@ -113,9 +132,9 @@ def ring_forward(params: RingParams, u, *, tick: int = 0, rng=None, keep_cache=F
         if keep_cache:
             cache.append((cx, cy, sat, co, si, drive, rx, ry, ax, ay))
     if params.noise > 0.0:
-        if rng is None:
-            raise ValueError("ring: noise > 0 needs an rng")
-        feats *= 1.0 + params.noise * rng.standard_normal(feats.shape, dtype=feats.dtype)
+        if seed is None:
+            raise ValueError("ring: noise > 0 needs a seed")
+        feats *= 1.0 + params.noise * detector_noise(seed, tick, feats.shape, xp=xp, dtype=feats.dtype)
     return (feats, (g0, mask, cache)) if keep_cache else feats
 
 

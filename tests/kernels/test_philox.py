@@ -31,8 +31,11 @@ def test_directions_are_regenerated_exactly(dist):
     assert not np.array_equal(a, directions(5, 17, [0, 1, 2], 1001, dist, stream=1))
 
 
-def test_a_direction_prefix_does_not_depend_on_its_length():
-    np.testing.assert_array_equal(directions(1, 2, [3], 10, "gaussian")[0], directions(1, 2, [3], 13, "gaussian")[0, :10])
+@pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
+@pytest.mark.parametrize(("short", "long"), [(10, 13), (13, 14), (1, 2), (7, 4096)])
+def test_a_direction_prefix_does_not_depend_on_its_length(dist, short, long):
+    """Element i is the same in every length, the last one of an odd length too."""
+    np.testing.assert_array_equal(directions(1, 2, [3], short, dist)[0], directions(1, 2, [3], long, dist)[0, :short])
 
 
 def test_direction_statistics():

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from kernels import RingParams, ring_backward, ring_forward
+from kernels import RingParams, directions, ring_backward, ring_forward
+from kernels._ring import NOISE_STREAM, detector_noise
 
 
 def test_shapes_and_non_negative_detector_power():
@@ -50,17 +51,37 @@ def test_fading_memory_forgets_old_inputs():
     assert diff[30] < 1e-3 * diff[0]
 
 
-def test_noise_is_seeded_and_relative():
+def test_noise_is_counter_based_and_relative():
+    """Noise is a pure function of (seed, tick): equal for equal clocks, fresh per tick."""
     params = RingParams(noise=0.02)
     u = np.random.default_rng(4).uniform(-1, 1, (50, 16))
     clean = ring_forward(RingParams(), u)
-    a = ring_forward(params, u, rng=np.random.default_rng(9))
-    b = ring_forward(params, u, rng=np.random.default_rng(9))
-    np.testing.assert_array_equal(a, b)
+    a = ring_forward(params, u, seed=9, tick=3)
+    np.testing.assert_array_equal(a, ring_forward(params, u, seed=9, tick=3))
+    assert not np.array_equal(a, ring_forward(params, u, seed=9, tick=4))
+    assert not np.array_equal(a, ring_forward(params, u, seed=10, tick=3))
     ratio = a / np.where(clean > 0, clean, 1)
     assert 0.015 < np.std(ratio[clean > 1e-6]) < 0.025
-    with pytest.raises(ValueError, match="needs an rng"):
+    with pytest.raises(ValueError, match="needs a seed"):
         ring_forward(params, u)
+
+
+def test_noise_is_the_philox_gaussian_of_seed_and_tick():
+    z = detector_noise(9, 3, (2, 5, 4))
+    expected = directions(9, 3, [0], 40, "gaussian", stream=NOISE_STREAM)[0]
+    np.testing.assert_array_equal(z.ravel(), expected)
+    u = np.random.default_rng(5).uniform(-1, 1, (2, 5))
+    noisy = ring_forward(RingParams(nodes=4, noise=0.1), u, seed=9, tick=3)
+    np.testing.assert_allclose(noisy, ring_forward(RingParams(nodes=4), u) * (1 + 0.1 * z), rtol=1e-15)
+
+
+def test_float32_inputs_compute_in_float32():
+    params = RingParams(noise=0.01, drift=0.1, drift_period=7)
+    u = np.random.default_rng(6).uniform(-1, 1, (8, 12))
+    single, (_, mask, steps) = ring_forward(params, u.astype(np.float32), seed=1, tick=2, keep_cache=True)
+    assert single.dtype == mask.dtype == np.float32
+    assert {a.dtype for step in steps for a in step} == {np.dtype(np.float32)}
+    np.testing.assert_allclose(single, ring_forward(params, u, seed=1, tick=2), rtol=1e-4, atol=1e-6)
 
 
 def test_drift_changes_gain_with_the_ring_clock():
