@@ -82,9 +82,14 @@ class FaultyLink:
         self.stream, self.spec, self.rng, self.baud, self.stats = stream, spec, rng, baud, stats
 
     async def receive_some(self) -> bytes:
-        data = await self.stream.receive_some()
-        await trio.sleep(link_seconds(len(data), self.baud))
-        return self._garble(data)
+        """Bytes that survived the link; b"" only when the stream ended."""
+        while True:
+            data = await self.stream.receive_some()
+            if not data:
+                return data
+            await trio.sleep(link_seconds(len(data), self.baud))
+            if data := self._garble(data):
+                return data
 
     async def send_frame(self, frame: bytes) -> None:
         if self.spec.truncate and self.rng.random() < self.spec.truncate:
