@@ -113,3 +113,26 @@ async def test_idle_links_are_pinged(autojump_clock):
         await trio.sleep(10)
         assert device.emulator.stats["replayed"] == 0
         await device.forward(batches(1)[0])
+
+
+async def test_a_run_suspends_while_its_device_is_quarantined_and_resumes(autojump_clock, tmp_path):
+    import json
+
+    from agent._config import load_config
+    from agent._runloop import run_training
+
+    url = (f"{SMALL}&quarantine_after=2&quarantine_s=30&batch=8"
+           "&faults=unplug_at=6;unplug_s=100")
+    cfg = load_config(None, ["train.steps=3", "train.eval_every=3", "train.checkpoint_every=0",
+                             "data.batch_size=4", "estimator.k=1", f'reservoir.url="{url}"'])
+    result = await run_training(cfg, tmp_path / "run", resume=False)
+    assert result["reason"] == "finished"
+    logged = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in logged]
+    order = ["device_fault", "device_quarantined", "run_suspended", "device_recovered",
+             "run_resumed_after_suspend", "run_stop"]
+    assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
+    resumed = logged[names.index("run_resumed_after_suspend")]
+    assert resumed["suspended_s"] >= 30
+    ids = [e["trial_id"] for e in logged if e["event"] == "trial_accepted"]
+    assert sorted(ids) == list(range(1, len(ids) + 1))
