@@ -71,7 +71,7 @@ def _parse(url: str, scheme: str) -> tuple[dict, dict, dict]:
     host, emu, ring = {}, {}, {}
     for key, values in urllib.parse.parse_qs(urllib.parse.urlparse(url).query,
                                              keep_blank_values=True).items():
-        raw = values[-1]
+        raw = values[-1].replace(" ", "+")   # a "+" in a query (1e+06) arrives as a space
         if key in _HOST or (scheme == "emu" and key in _EMU):
             (name, convert), target = (_HOST[key], host) if key in _HOST else (_EMU[key], emu)
         elif key in ring_types:

@@ -133,7 +133,7 @@ async def emulate(config: EmulatorConfig, *, tcp_port: int | None = None, host: 
     ``announce`` gets one line naming the URL a host opens (and later pty paths).
     """
     device = EmulatedDevice(config)
-    baud = f"?baud={config.baud:g}" if config.baud else ""
+    baud = f"?baud={config.baud:.0f}" if config.baud else ""
     async with trio.open_nursery() as nursery:
         if tcp_port is None:
             path = await nursery.start(partial(serve_pty, device, link=link,
