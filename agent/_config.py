@@ -28,8 +28,9 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 # Closed vocabularies; a value outside them is a ConfigError.
 _CHOICES = {
     "device": ("cpu", "gpu"),
-    "data.name": ("digits",),
-    "model.name": ("dense",),
+    "data.name": ("digits", "digit_rows", "delayed_parity"),
+    "model.name": ("dense", "transformer"),
+    "model.pool": ("mean", "last"),
     "estimator.name": ("interface", "pgt", "spsa", "readout", "backprop"),
     "estimator.form": ("central", "one-sided"),
     "estimator.distribution": ("rademacher", "gaussian"),
@@ -38,8 +39,9 @@ _CHOICES = {
 }
 _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every",
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
-             "train.checkpoint_seconds", "model.feature_scale")
-_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay")
+             "train.checkpoint_seconds", "model.feature_scale", "model.d_model",
+             "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits")
+_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay")
 
 
 class ConfigError(Exception):
@@ -182,5 +184,8 @@ def _check_values(cfg: Config) -> None:
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError("config: 'data.test_fraction' must be between 0 and 1, "
                           f"got {cfg.data.test_fraction!r}")
+    if cfg.model.d_model % cfg.model.heads:
+        raise ConfigError(f"config: 'model.heads' ({cfg.model.heads}) must divide "
+                          f"'model.d_model' ({cfg.model.d_model})")
     if "/" in cfg.run_name or "\\" in cfg.run_name or cfg.run_name in (".", ".."):
         raise ConfigError(f"config: 'run_name' must be a plain name, got {cfg.run_name!r}")

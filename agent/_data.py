@@ -13,13 +13,18 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features in [0, 1] as float64 (N, D) and integer labels (N,)."""
+    """Features in [0, 1] as float64 (N, D) and integer labels (N,).
+
+    ``tokens``: how many equal tokens a sequence model reads each row as (D must be
+    a multiple); 1 for data that is not a sequence.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    tokens: int = 1
 
     @property
     def n_features(self) -> int:
@@ -48,7 +53,7 @@ def validate(x, y, name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float64), y.astype(np.int64)
 
 
-def split(x, y, test_fraction: float, seed: int, name: str = "data") -> Dataset:
+def split(x, y, test_fraction: float, seed: int, name: str = "data", tokens: int = 1) -> Dataset:
     """A seeded, stratified train/test split."""
     x, y = validate(x, y, name)
     rng = np.random.default_rng([seed, 0x5B117])
@@ -59,15 +64,33 @@ def split(x, y, test_fraction: float, seed: int, name: str = "data") -> Dataset:
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-    return Dataset(x[train], y[train], x[test], y[test], int(y.max()) + 1)
+    return Dataset(x[train], y[train], x[test], y[test], int(y.max()) + 1, tokens)
 
 
-def load_dataset(name: str, test_fraction: float, split_seed: int) -> Dataset:
-    """Load dataset ``name`` (only "digits" so far) and split it."""
-    if name != "digits":
-        raise DataError(f"unknown dataset {name!r} (known: digits)")
-    x, y = _load_digits()
-    return split(x, y, test_fraction, split_seed, name)
+DATASETS = ("digits", "digit_rows", "delayed_parity")
+
+
+def load_dataset(name: str, test_fraction: float, split_seed: int, options=None) -> Dataset:
+    """Load dataset ``name`` and split it.
+
+    "digits": 64 pixels per image; "digit_rows": the same images read as a sequence
+    of 8 rows of 8 pixels; "delayed_parity": generated bits (agent._tasks), one per
+    token, shaped by ``options`` (a DataConfig: seq_len, delay, parity_bits).
+    """
+    if name in ("digits", "digit_rows"):
+        x, y = _load_digits()
+        return split(x, y, test_fraction, split_seed, name, tokens=8 if name == "digit_rows" else 1)
+    if name == "delayed_parity":
+        from agent._schema import DataConfig
+        from agent._tasks import delayed_parity
+
+        o = options if options is not None else DataConfig()
+        try:
+            x, y = delayed_parity(o.seq_len, o.delay, o.parity_bits, split_seed)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return split(x, y, test_fraction, split_seed, name, tokens=o.seq_len)
+    raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:

@@ -12,17 +12,27 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    name: str = "digits"            # dataset: "digits" (scikit-learn's, ships offline)
+    name: str = "digits"            # dataset: "digits" (scikit-learn's, ships offline),
+                                    # "digit_rows" (the same, as 8 tokens of 8 pixels) or
+                                    # "delayed_parity" (generated bits, one per token)
     test_fraction: float = 0.25     # share of samples held out for testing
     batch_size: int = 32            # samples per training step
-    split_seed: int = 0             # seeds the stratified train/test split
+    split_seed: int = 0             # seeds the stratified train/test split (and generation)
+    seq_len: int = 16               # delayed_parity: bits per sequence
+    delay: int = 2                  # delayed_parity: steps between the parity window and the end
+    parity_bits: int = 2            # delayed_parity: how many consecutive bits are XORed
 
 
 @dataclass
 class ModelConfig:
-    name: str = "dense"             # "dense": input -> dense -> ring -> dense -> classes
+    name: str = "dense"             # "dense": input -> dense -> ring -> dense -> classes;
+                                    # "transformer": embed -> block -> ring -> block -> pool -> classes
     init_scale: float = 1.0         # scale of the first layer's initial weights
     feature_scale: float = 0.1      # ring features are divided by this before the readout
+    d_model: int = 16               # transformer: token width
+    heads: int = 2                  # transformer: attention heads (divide d_model)
+    mlp_width: int = 32             # transformer: hidden width of each block's MLP
+    pool: str = "mean"              # transformer: "mean" over tokens or the "last" token
 
 
 @dataclass

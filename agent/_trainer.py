@@ -56,16 +56,31 @@ class _Evaluation:
         return np.asarray(vjp(self.u, grad_feats))
 
 
+def build_model(cfg: Config, data, info):
+    """The configured model (``model.name``) sized for the data and the reservoir."""
+    m = cfg.model
+    if m.name == "transformer":
+        from agent._transformer import TransformerRingModel
+
+        return TransformerRingModel(
+            tokens=data.tokens, patch=data.n_features // data.tokens,
+            ring_inputs=info.n_inputs, ring_features=info.n_features,
+            n_classes=data.n_classes, d_model=m.d_model, heads=m.heads,
+            mlp_width=m.mlp_width, pool=m.pool, feature_scale=m.feature_scale)
+    layout = Layout(data.n_features, info.n_inputs, info.n_features, data.n_classes)
+    return DenseRingModel(layout, m.feature_scale)
+
+
 class Trainer:
-    """A dense model around a reservoir, trained by the configured estimator."""
+    """A model around a reservoir, trained by the configured estimator."""
 
     def __init__(self, cfg: Config, reservoir) -> None:
         self.cfg = cfg
         self.reservoir = reservoir
-        self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed)
-        info = reservoir.info
-        layout = Layout(self.data.n_features, info.n_inputs, info.n_features, self.data.n_classes)
-        self.model = DenseRingModel(layout, cfg.model.feature_scale)
+        self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed,
+                                 cfg.data)
+        self.model = build_model(cfg, self.data, reservoir.info)
+        layout = self.model.layout
         self.estimator = make_estimator(cfg.estimator, cfg.seed)
         self.optimizer = make_optimizer(cfg.optimizer)
         self.params = self.model.init_params(cfg.seed, cfg.model.init_scale)

@@ -23,6 +23,9 @@ def _convert(key: str, raw: str, kind: type):
 
 
 def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRing:
+    if parsed.netloc == "identity":  # the memoryless control: features = inputs
+        from backends._identity import open_identity
+        return open_identity(parsed)
     if parsed.netloc not in ("ring", ""):
         raise ReservoirURLError(f"reservoir URL: unknown simulator {parsed.netloc!r} (try sim://ring)")
     known = {**RingParams.field_types(), **_SIM_EXTRA}

@@ -31,6 +31,7 @@ BACKENDS = {
     "sim": lambda: open_reservoir("sim://ring", seed=1),
     "sim-small": lambda: open_reservoir("sim://ring?nodes=5&inputs=3&max_batch=8", seed=1),
     "sim-noisy": lambda: open_reservoir("sim://ring?noise=0.02&drift=0.01", seed=1),
+    "identity": lambda: open_reservoir("sim://identity?inputs=5&max_batch=8", seed=1),
     "emu": lambda: open_reservoir("emu://", seed=1),
     "emu-sampled": lambda: open_reservoir(
         "emu://?inputs=5&nodes=7&max_batch=8&bits=12&sample_steps=2-4&sample_nodes=0,3,6", seed=1),
@@ -40,7 +41,7 @@ BACKENDS = {
     "serial-pty": lambda: _served(serve_pty, lambda path: f"serial://{path}?baud=115200"),
     "socket": lambda: _served(serve_tcp, lambda addr: f"socket://{addr[0]}:{addr[1]}"),
 }
-DETERMINISTIC = {"sim", "sim-small", "emu", "emu-sampled", "emu-faulty",
+DETERMINISTIC = {"sim", "sim-small", "identity", "emu", "emu-sampled", "emu-faulty",
                  "serial-pty", "socket"}
 
 
