@@ -246,7 +246,7 @@ class _Run:
     async def _evaluate(self) -> None:
         metrics = await self.trainer.evaluate()
         self.test = {"step": self.trainer.step, **metrics}
-        self.log.info("eval", **self.test)
+        self.log.info("eval", ring_evals=self.ring_evals, **self.test)
         self.progress.eval(metrics)
 
     def _save(self) -> None:

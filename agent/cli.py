@@ -6,6 +6,8 @@
     pgt logs RUN_DIR [--follow] [--event NAME ...]
     pgt eval RUN_DIR
     pgt emulate [--pty | --tcp PORT] [--host ADDR] [--latency-ms MS] [--baud BAUD]
+    pgt plot RUN_DIR [--out FILE]
+    pgt report [--quick] [--out DIR] [--jobs N] [--seeds N ...]
                 [--noise X] [--drift X] [--faults SPEC]
 
 Errors a person can act on (configuration, run directory, checkpoint, device) are
@@ -120,6 +122,22 @@ def _emulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from agent._plot import plot_run
+
+    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from agent._report import run_report
+
+    result = run_report(Path(args.out), quick=args.quick, seeds=tuple(args.seeds), jobs=args.jobs)
+    print(result["text"])
+    print(f"report: {result['report']} ({result['wall_seconds'] / 60:.1f} min)")
+    return 0
+
+
 def _fail(group: BaseExceptionGroup, code: int) -> int:
     """Print the first error of a group as one line; return the exit status."""
     error: BaseException = group
@@ -195,4 +213,18 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--max-batch", type=int, default=64, help="samples per FORWARD")
     emulate.add_argument("--seed", type=int, default=0, help="seeds the detector noise")
     emulate.set_defaults(handler=_emulate)
+
+    plot = commands.add_parser("plot", help="draw a run's curves into a PNG")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("--out", metavar="FILE", help="PNG path (default RUN_DIR/curves.png)")
+    plot.set_defaults(handler=_plot)
+
+    report = commands.add_parser("report", help="compare estimators on both models "
+                                 "(markdown table and PNG curves)")
+    report.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
+    report.add_argument("--out", default="report", metavar="DIR",
+                        help="folder of the report and its runs (default ./report)")
+    report.add_argument("--jobs", type=int, default=2, metavar="N", help="parallel processes")
+    report.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="N")
+    report.set_defaults(handler=_report)
     return parser
