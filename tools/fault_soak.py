@@ -1,6 +1,6 @@
 """Fault soak: train through the emulated microcontroller while the link misbehaves.
 
-    .venv/bin/python tools/fault_soak.py [--steps 30] [--link memory|pty] [--corrupt 0.01]
+    .venv/bin/python tools/fault_soak.py [--steps 300] [--link memory|pty] [--corrupt 0.01]
                                          [--reset-every 500] [--unplug-at 1200]
 
 Runs the same training twice through the emulator: once clean, once with a share of
@@ -128,7 +128,7 @@ async def soak(root: Path, *, steps: int = 30, link: str = "memory", corrupt: fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--link", choices=("memory", "pty"), default="memory")
     parser.add_argument("--corrupt", type=float, default=0.01)
     parser.add_argument("--reset-every", type=int, default=500)
