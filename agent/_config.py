@@ -41,7 +41,8 @@ _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every"
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
              "train.checkpoint_seconds", "model.feature_scale", "model.d_model",
              "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits")
-_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay")
+_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay",
+                 "reservoir.trial_timeout_s")
 
 
 class ConfigError(Exception):
@@ -134,6 +135,11 @@ def _parse_literal(text: str, expected: type) -> Any:
 
 
 def _coerce(value: Any, expected: type, name: str, where: str) -> Any:
+    if typing.get_origin(expected) is list:   # reservoir.urls: a list of strings
+        if not (isinstance(value, list) and all(type(v) is str for v in value)):
+            raise ConfigError(f"config: '{name}' in {where} must be a list of strings, "
+                              f"got {_describe(value)}")
+        return list(value)
     # bool is a subclass of int in Python, but `steps = true` is a mistake.
     ok = type(value) is expected or (expected is float and type(value) is int)
     if not ok:

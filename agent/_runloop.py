@@ -112,8 +112,8 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
         _check_free(run_dir)
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     # The device opens before the run directory exists: a bad URL leaves nothing.
-    async with open_reservoir(cfg.reservoir.url, seed=cfg.seed,
-                              device=cfg.device) as reservoir:
+    from agent._pool import open_devices   # imports the backends: only when a run starts
+    async with open_devices(cfg, open_reservoir) as reservoir:
         trainer = make_trainer(cfg, reservoir)
         meta: dict[str, Any] = {}
         if checkpoint is not None:
@@ -140,8 +140,8 @@ async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     path, arrays, _ = checkpoint
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
-    async with open_reservoir(cfg.reservoir.url, seed=cfg.seed,
-                              device=cfg.device) as reservoir:
+    from agent._pool import open_devices   # imports the backends: only when a run starts
+    async with open_devices(cfg, open_reservoir) as reservoir:
         trainer = make_trainer(cfg, reservoir)
         _restore(trainer, path, arrays)
         return {"step": trainer.step, "checkpoint": str(path), **await trainer.evaluate()}
@@ -171,7 +171,7 @@ class _Run:
                       total_steps=self.trainer.total_steps, estimator=c.estimator.name,
                       k=c.estimator.k, sigma=c.estimator.sigma, optimizer=c.optimizer.name,
                       lr=c.optimizer.lr, seed=c.seed, device=c.device,
-                      reservoir=c.reservoir.url, run_dir=str(self.run_dir))
+                      reservoir=c.reservoir.urls or c.reservoir.url, run_dir=str(self.run_dir))
         self.progress.start(self.trainer.step, self.trainer.total_steps, self.elapsed0)
         async with trio.open_nursery() as nursery:
             await nursery.start(self._watch_signals)
@@ -201,7 +201,8 @@ class _Run:
         """Log the run suspending while its device is quarantined, and resuming after.
 
         The trainer simply waits on the ring meanwhile; a backend without ``health``
-        (the simulator) never suspends.
+        (the simulator) never suspends. A device pool's ``health`` is quarantined while
+        none of its devices is in service (agent/_pool.py).
         """
         health = getattr(getattr(self.trainer, "reservoir", None), "health", None)
         if health is None:

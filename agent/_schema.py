@@ -37,7 +37,11 @@ class ModelConfig:
 
 @dataclass
 class ReservoirConfig:
-    url: str = "sim://ring"         # where the ring is: sim://, later serial:// and socket://
+    url: str = "sim://ring"         # where the ring is: sim://, serial://, socket://, emu://
+    urls: list[str] = field(default_factory=list)  # several rings at once: a device pool
+                                    # (when set, url is not used); see agent/_pool.py
+    trial_timeout_s: float = 0.0    # pool: deadline of one trial (0: ten times the device's
+                                    # mean time per forward, at least 1 s)
 
 
 @dataclass

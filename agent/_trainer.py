@@ -137,6 +137,9 @@ class Trainer:
         return thetas, np.clip(u, -1.0, 1.0)
 
     async def _evaluate(self, probes, x, y, sigma, step) -> _Evaluation:
+        if hasattr(self.reservoir, "map_trials"):   # a device pool: a trial per probe pair
+            from agent._trials import evaluate_pooled
+            return await evaluate_pooled(self, probes, x, y, sigma, step)
         thetas, u = self._probe_inputs(probes, x, sigma, step)
         n_probes, batch, width = u.shape
         feats = (await self._ring(u.reshape(-1, width))).reshape(n_probes, batch, -1)

@@ -1,0 +1,323 @@
+"""A pool of reservoirs: one worker task per device, trials through a bounded channel.
+
+``open_pool(urls)`` opens every device (any mix of sim://, serial://, socket://,
+emu://), checks that they agree on ``n_inputs`` and ``n_features``, and starts one
+worker task per device. ``DevicePool.map_trials(n, prepare, finish)`` runs n trials:
+a feeder task calls ``prepare(i)`` (the host's work before the ring: a list of
+input batches that must all run on one device, e.g. the two halves of a central
+difference) and puts trial i on the shared channel; each worker takes the next
+trial as soon as its device is free; the calling task runs ``finish(i, features)``
+(the work after the ring) as results arrive, gathered by trial id. At most
+``prefetch`` trials per device are prepared ahead, so a device never waits for the
+host while the host is never far ahead of the devices.
+
+Stragglers and failures: each attempt runs under a deadline (``trial_timeout_s``,
+or ten times the device's mean time per batch, at least ``min_timeout_s``). An
+attempt that times out or fails is cancelled and its trial goes back on the
+channel for any device; the device sits out ``cooldown_s``, and after
+``quarantine_after`` faults in a row it is quarantined (``device_quarantined``)
+until a trial succeeds on it again (``device_recovered``). A trial is finished
+once, by the first result; a second result for it is dropped (``late``), so
+nothing is counted twice. ``health`` is quarantined while no device is in service
+(the run loop logs ``run_suspended`` / ``run_resumed_after_suspend``).
+
+The pool is itself a Reservoir (``info``, ``forward``): ``forward(u)`` splits a
+large batch over the devices, so evaluation needs no special path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+import trio
+
+from backends import DeviceHealth, ReservoirError, ReservoirInfo
+
+__all__ = ["DevicePool", "PoolMismatch", "open_devices", "open_pool"]
+
+_FAULTS = (ReservoirError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class PoolMismatch(ReservoirError):
+    """The pool's devices disagree on their sizes (inputs or features)."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One ``map_trials`` call: where its results go, and whether it still wants them."""
+
+    results: trio.MemorySendChannel
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Trial:
+    id: int
+    index: int
+    inputs: list[np.ndarray]
+    batch: _Batch
+    attempts: int = 0
+    finished: bool = False
+
+
+@dataclass
+class DeviceStats:
+    """What one device did: busy seconds, trials served, faults, timeouts."""
+
+    name: str
+    busy_s: float = 0.0
+    trials: int = 0
+    forwards: int = 0
+    timeouts: int = 0
+    faults: int = 0
+    in_a_row: int = 0
+    quarantined: bool = False
+    mean_s: float | None = None          # running mean seconds per forward
+    benched_until: float = field(default=0.0)
+
+
+class DevicePool:
+    """Several reservoirs behind one ``map_trials``; use ``open_pool``."""
+
+    def __init__(self, devices: Sequence, names: Sequence[str], *, trial_timeout_s: float = 0.0,
+                 min_timeout_s: float = 1.0, cooldown_s: float = 1.0, quarantine_after: int = 3,
+                 prefetch: int = 2) -> None:
+        if not devices:
+            raise PoolMismatch("a device pool needs at least one device")
+        infos = [d.info for d in devices]
+        for name, info in zip(names, infos):
+            if (info.n_inputs, info.n_features) != (infos[0].n_inputs, infos[0].n_features):
+                raise PoolMismatch(
+                    f"devices disagree: {names[0]} has {infos[0].n_inputs} inputs and "
+                    f"{infos[0].n_features} features, {name} has {info.n_inputs} and "
+                    f"{info.n_features}")
+        self.devices, self.names = list(devices), list(names)
+        self.info = ReservoirInfo(name=f"pool of {len(devices)}", n_inputs=infos[0].n_inputs,
+                                  n_features=infos[0].n_features,
+                                  max_batch=min(i.max_batch for i in infos))
+        self.trial_timeout_s, self.min_timeout_s = trial_timeout_s, min_timeout_s
+        self.cooldown_s, self.quarantine_after = cooldown_s, quarantine_after
+        self.depth = prefetch * len(devices)
+        # Room for every prepared trial plus one re-dispatch per worker: never full.
+        self._tx, self._rx = trio.open_memory_channel[_Trial](2 * self.depth + len(devices))
+        self.stats = [DeviceStats(n) for n in names]
+        self.health = DeviceHealth()
+        self.late = 0          # results that arrived for an already-finished trial
+        self.redispatched = 0
+        self._next_id = 0
+        self._log = structlog.get_logger()
+
+    # -- the caller's side ----------------------------------------------------------
+
+    async def map_trials(self, n: int, prepare: Callable[[int], list[np.ndarray]],
+                         finish: Callable[[int, list[np.ndarray]], None]) -> None:
+        """Run trials 0..n-1 across the devices; see the module docstring.
+
+        ``prepare(i)`` returns the input batches of trial i (each (B, n_inputs));
+        ``finish(i, features)`` gets their features in the same order, once per trial.
+        """
+        results_tx, results_rx = trio.open_memory_channel[tuple](math.inf)
+        batch, slots = _Batch(results_tx), trio.Semaphore(self.depth)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._feed, n, prepare, batch, slots)
+                for _ in range(n):
+                    trial, features = await self._next_result(results_rx)
+                    trial.finished = True
+                    finish(trial.index, features)
+                    slots.release()
+        finally:
+            batch.closed = True
+
+    async def _next_result(self, results_rx) -> tuple:
+        while True:
+            trial, features = await results_rx.receive()
+            if not trial.finished:
+                return trial, features
+            self.late += 1   # a re-dispatched trial answered twice: the first one counts
+
+    async def _feed(self, n: int, prepare, batch: _Batch, slots: trio.Semaphore) -> None:
+        for i in range(n):
+            await slots.acquire()
+            inputs = [np.asarray(u) for u in prepare(i)]
+            self._next_id += 1
+            await self._tx.send(_Trial(self._next_id, i, inputs, batch))
+
+    async def forward(self, u) -> np.ndarray:
+        """Features of every row of ``u``, its chunks spread over the devices."""
+        u = np.asarray(u, dtype=np.float64)
+        size = max(1, min(self.info.max_batch, math.ceil(len(u) / len(self.devices))))
+        chunks = [u[i : i + size] for i in range(0, len(u), size)]
+        out: list = [None] * len(chunks)
+
+        def store(i: int, features: list[np.ndarray]) -> None:
+            out[i] = features[0]
+
+        await self.map_trials(len(chunks), lambda i: [chunks[i]], store)
+        return np.concatenate(out, axis=0)
+
+    # -- the devices' side ------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """One worker per device, and a watcher of each device's own health."""
+        async with trio.open_nursery() as nursery:
+            for i, device in enumerate(self.devices):
+                nursery.start_soon(self._work, i)
+                if getattr(device, "health", None) is not None:
+                    nursery.start_soon(self._watch, i)
+            task_status.started()
+
+    async def _work(self, i: int) -> None:
+        device, stats = self.devices[i], self.stats[i]
+        health = getattr(device, "health", None)
+        while True:
+            if health is not None:
+                await health.wait_until(quarantined=False)
+            if stats.benched_until > trio.current_time():
+                await trio.sleep_until(stats.benched_until)
+            trial = await self._rx.receive()
+            if trial.batch.closed or trial.finished:
+                continue
+            await self._attempt(i, device, stats, trial)
+
+    async def _attempt(self, i: int, device, stats: DeviceStats, trial: _Trial) -> None:
+        trial.attempts += 1
+        features, error, t0 = None, None, trio.current_time()
+        with trio.move_on_after(self._timeout(stats, trial)) as scope:
+            try:
+                features = [await self._forward(device, stats, u) for u in trial.inputs]
+            except _FAULTS as exc:
+                error = exc
+        stats.busy_s += trio.current_time() - t0
+        if features is not None:
+            stats.trials += 1
+            self._succeeded(i, stats)
+            trial.batch.results.send_nowait((trial, features))
+            return
+        if scope.cancelled_caught:
+            stats.timeouts += 1
+            error_text = f"no result within {self._timeout(stats, trial):.3g} s"
+        else:
+            error_text = f"{type(error).__name__}: {error}"
+        self._failed(i, stats, trial, error_text)
+
+    async def _forward(self, device, stats: DeviceStats, u: np.ndarray) -> np.ndarray:
+        limit = device.info.max_batch
+        parts = []
+        for start in range(0, len(u), limit):
+            t0 = trio.current_time()
+            parts.append(np.asarray(await device.forward(u[start : start + limit])))
+            took = trio.current_time() - t0
+            stats.mean_s = took if stats.mean_s is None else 0.9 * stats.mean_s + 0.1 * took
+            stats.forwards += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def _timeout(self, stats: DeviceStats, trial: _Trial) -> float:
+        if self.trial_timeout_s:
+            return self.trial_timeout_s
+        if stats.mean_s is None:
+            return max(self.min_timeout_s, 10.0)   # the first trial on a device: be generous
+        forwards = sum(math.ceil(len(u) / self.info.max_batch) for u in trial.inputs)
+        return max(self.min_timeout_s, 10.0 * stats.mean_s * forwards)
+
+    def _failed(self, i: int, stats: DeviceStats, trial: _Trial, error: str) -> None:
+        stats.faults += 1
+        stats.in_a_row += 1
+        self.redispatched += 1
+        self._log.warning("trial_redispatched", device=self.names[i], trial_id=trial.id,
+                          attempts=trial.attempts, error=error)
+        if not trial.batch.closed:
+            self._tx.send_nowait(trial)   # never full: see __init__
+        stats.benched_until = trio.current_time() + self.cooldown_s
+        if stats.in_a_row >= self.quarantine_after and not stats.quarantined:
+            stats.quarantined = True
+            self._log.error("device_quarantined", device=self.names[i], failures=stats.in_a_row,
+                            error=error, probe_every_s=self.cooldown_s)
+            self._update_health()
+
+    def _succeeded(self, i: int, stats: DeviceStats) -> None:
+        stats.in_a_row = 0
+        if stats.quarantined:
+            stats.quarantined = False
+            self._log.warning("device_recovered", device=self.names[i])
+            self._update_health()
+
+    async def _watch(self, i: int) -> None:
+        health = self.devices[i].health
+        while True:
+            await health.wait_until(quarantined=not health.quarantined)
+            self._update_health()
+
+    def in_service(self, i: int) -> bool:
+        health = getattr(self.devices[i], "health", None)
+        return not self.stats[i].quarantined and not (health is not None and health.quarantined)
+
+    def _update_health(self) -> None:
+        healthy = any(self.in_service(i) for i in range(len(self.devices)))
+        if healthy and self.health.quarantined:
+            self.health.recover()
+        elif not healthy and not self.health.quarantined:
+            self.health.quarantine(f"no device in service (all {len(self.devices)} quarantined)")
+
+    # -- what a run reports and checkpoints --------------------------------------------
+
+    @property
+    def link_seconds(self) -> float:
+        return sum(getattr(d, "link_seconds", 0.0) for d in self.devices)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {}
+        for i, device in enumerate(self.devices):
+            get = getattr(device, "state_dict", None)
+            if get is not None:
+                state.update({f"{i}.{k}": v for k, v in get().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for i, device in enumerate(self.devices):
+            mine = {k.partition(".")[2]: v for k, v in state.items() if k.startswith(f"{i}.")}
+            loader = getattr(device, "load_state_dict", None)
+            if mine and loader is not None:
+                loader(mine)
+
+
+@contextlib.asynccontextmanager
+async def open_pool(urls: Sequence[str], *, open_reservoir=None, seed: int = 0,
+                    device: str = "cpu", **options) -> AsyncIterator[DevicePool]:
+    """Open every URL (device i seeded ``seed + i``) and run the pool's workers.
+
+    Raises the backends' errors (ReservoirURLError, DeviceUnavailable) for a device
+    that cannot be opened, and PoolMismatch when the devices disagree on sizes.
+    """
+    if open_reservoir is None:
+        from backends import open_reservoir
+    async with contextlib.AsyncExitStack() as stack:
+        devices = [await stack.enter_async_context(open_reservoir(url, seed=seed + i, device=device))
+                   for i, url in enumerate(urls)]
+        names = [f"{i}:{url}" for i, url in enumerate(urls)]
+        yield await _running(stack, DevicePool(devices, names, **options))
+
+
+async def _running(stack: contextlib.AsyncExitStack, pool: DevicePool) -> DevicePool:
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    stack.callback(nursery.cancel_scope.cancel)
+    await nursery.start(pool.run)
+    return pool
+
+
+def open_devices(cfg, open_reservoir):
+    """The run's reservoir: a pool of ``reservoir.urls`` when set, else ``reservoir.url``.
+
+    One in-process device keeps the trainer's batched path (every probe in one forward);
+    a pool puts each probe pair on its own trial.
+    """
+    r = cfg.reservoir
+    if r.urls:
+        return open_pool(r.urls, open_reservoir=open_reservoir, seed=cfg.seed,
+                         device=cfg.device, trial_timeout_s=r.trial_timeout_s)
+    return open_reservoir(r.url, seed=cfg.seed, device=cfg.device)

@@ -1,0 +1,76 @@
+"""One step's probes as trials on a device pool, the host's work overlapping the rings'.
+
+With a pool, each probe (one perturbed pass over the batch) is its own forward on
+some device. The probes of a central difference, (k, +) and (k, −), form one trial:
+both run on the same device, one after the other, so a device's own offset or
+gain cancels in L₊ − L₋ and the pair sees the same drift. With noise-free devices
+that agree, which device served a trial does not change a bit of the estimate:
+every trial's inputs and arithmetic are the same whichever device runs it, and the
+losses land in probe order. One-sided forms compare every probe with the clean pass,
+which may run on another device; use the central form on devices that differ.
+
+``prepare`` (the layers before the ring) runs in the pool's feeder task up to
+``prefetch`` trials per device ahead; ``finish`` (the layers after it, the loss) runs
+as each result arrives, so both overlap the devices' work. The digital layers are
+NumPy and short (tens of microseconds a probe for the default model), so they run
+on the loop itself; a CuPy port would launch them asynchronously and await the
+stream with ``trio.to_thread`` rather than block the loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trio
+
+from agent._estimators import NONE
+
+__all__ = ["evaluate_pooled", "probe_groups"]
+
+
+def probe_groups(probes) -> list[list[int]]:
+    """Probe indices that must share a device: each ± pair together, the rest alone."""
+    by_direction: dict[tuple, list[int]] = {}
+    groups: list[list[int]] = []
+    for i, probe in enumerate(probes):
+        if probe.target == NONE or probe.sign == 0:
+            groups.append([i])
+            continue
+        key = (probe.target, probe.k)
+        if key in by_direction and len(by_direction[key]) == 1:
+            by_direction[key].append(i)
+        else:
+            by_direction[key] = [i]
+            groups.append(by_direction[key])
+    return groups
+
+
+async def evaluate_pooled(trainer, probes, x, y, sigma, step):
+    """The step's per-sample losses (and its clean pass) with one trial per group."""
+    from agent._trainer import _Evaluation   # the trainer imports this module lazily
+
+    groups = probe_groups(probes)
+    losses = np.empty((len(probes), len(x)))
+    thetas: dict[int, np.ndarray] = {}
+    inputs: dict[int, np.ndarray] = {}
+    ev = _Evaluation(losses, len(x), trainer.reservoir.info.n_inputs, trainer.model.layout.dim,
+                     trainer.model, trainer.reservoir, trainer.params, x, y)
+
+    def prepare(g: int) -> list[np.ndarray]:
+        thetas[g], u = trainer._probe_inputs([probes[i] for i in groups[g]], x, sigma, step)
+        inputs[g] = u
+        return list(u)
+
+    def finish(g: int, features: list[np.ndarray]) -> None:
+        feats = np.stack(features)
+        group_losses, probs = trainer.model.post(thetas.pop(g), feats, y)
+        u = inputs.pop(g)
+        for j, i in enumerate(groups[g]):
+            losses[i] = group_losses[j]
+            if probes[i].target == NONE and ev.u is None:
+                ev.u, ev.feats, ev.probs = u[j], feats[j], probs[j]
+
+    t0 = trio.current_time()
+    await trainer.reservoir.map_trials(len(groups), prepare, finish)
+    trainer._ring_wait_s += trio.current_time() - t0
+    trainer.ring_evals += len(probes) * len(x)
+    return ev
