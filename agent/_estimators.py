@@ -27,6 +27,8 @@ from kernels import accumulate, directions
 
 PARAMS, INPUTS, NONE = "params", "inputs", "none"
 PARAM_STREAM, INPUT_STREAM = 0, 1
+_MEMO_LIMIT = 1 << 22   # numbers of one step's directions kept for tell (32 MiB)
+_CHUNK = 4              # kernels.accumulate's default chunk: the same summation order
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,36 @@ class Estimator:
         return self.cfg.sigma
 
     def directions(self, step: int, ks, size: int, stream: int):
-        """Directions δ_k of this step, exactly as ``tell`` regenerates them."""
-        return directions(self.seed, step, ks, size, self.distribution, stream=stream)
+        """Directions δ_k of this step, exactly as ``tell`` regenerates them.
+
+        The rows are remembered for this step (up to ``_MEMO_LIMIT`` numbers), so
+        ``tell`` sums them instead of generating them again at the end of the step,
+        where every device would wait for it. Bit-identical either way: δ_k depends
+        only on (seed, step, k).
+        """
+        block = directions(self.seed, step, ks, size, self.distribution, stream=stream)
+        memo = self.__dict__.setdefault("_memo", {})
+        if memo.get("step") != step:
+            memo.clear()
+            memo["step"] = step
+        rows = memo.setdefault((stream, size), {})
+        if len(rows) * size + block.size <= _MEMO_LIMIT:
+            rows.update(zip(list(ks), block))
+        return block
+
+    def accumulate(self, step: int, coeffs, size: int, stream: int):
+        """Σ_k coeffs[k] δ_k (kernels.accumulate), from this step's remembered rows if any."""
+        memo = self.__dict__.get("_memo", {})
+        rows = memo.get((stream, size), {}) if memo.get("step") == step else {}
+        coeffs = np.asarray(coeffs, dtype=np.float64)
+        if not all(k in rows for k in range(coeffs.shape[0])):
+            return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream)
+        total = np.zeros(size)
+        for start in range(0, coeffs.shape[0], _CHUNK):   # kernels.accumulate's order
+            c = coeffs[start : start + _CHUNK]
+            block = np.stack([rows[k] for k in range(start, start + len(c))])
+            total += (c[:, None] * block).sum(axis=0) if c.ndim == 1 else (c * block).sum(axis=0)
+        return total
 
     @property
     def distribution(self) -> str:
@@ -115,8 +145,7 @@ class PGT(Estimator):
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
         coeffs = _difference_coeffs(ev.losses, probes, sigma, self.cfg.form).mean(axis=1)
-        grad = accumulate(self.seed, step, coeffs / len(coeffs), ev.dim, self.distribution,
-                          stream=PARAM_STREAM)
+        grad = self.accumulate(step, coeffs / len(coeffs), ev.dim, PARAM_STREAM)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
 
 
@@ -139,7 +168,7 @@ class SPSA(PGT):
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
         coeff = (ev.losses[0].mean() - ev.losses[1].mean()) / (2.0 * sigma)
-        grad = accumulate(self.seed, step, [coeff], ev.dim, self.distribution, stream=PARAM_STREAM)
+        grad = self.accumulate(step, [coeff], ev.dim, PARAM_STREAM)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
 
 
@@ -161,8 +190,8 @@ class Interface(Estimator):
         batch, width = ev.batch_size, ev.input_size
         # d(mean loss)/du_b = (1/B) dL_b/du_b; each sample has its own coefficient.
         per_element = np.repeat(coeffs / (len(coeffs) * batch), width, axis=1)
-        grad_u = accumulate(self.seed, step, per_element, batch * width, self.distribution,
-                            stream=INPUT_STREAM).reshape(batch, width)
+        grad_u = self.accumulate(step, per_element, batch * width,
+                                 INPUT_STREAM).reshape(batch, width)
         grad = ev.pack(**ev.post_grads(), **ev.pre_grads(grad_u))
         return grad, state, {"grad_u_norm": float(np.linalg.norm(grad_u))}
 
