@@ -10,7 +10,7 @@ from backends._protocol import Reservoir, ReservoirURLError
 from backends._sim import SimRing
 from kernels import RingParams
 
-_SIM_EXTRA = {"inputs": int, "max_batch": int}
+_SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int}
 
 
 def _convert(key: str, raw: str, kind: type):
@@ -41,9 +41,12 @@ def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRi
         params = RingParams(**ring_kw)
     except ValueError as exc:
         raise ReservoirURLError(f"reservoir URL: {exc}") from None
+    ring_device = extra.get("device", device)  # a device in the URL overrides --device
+    if ring_device not in ("cpu", "gpu"):
+        raise ReservoirURLError(f"reservoir URL: device={ring_device!r} (expected cpu or gpu)")
     return SimRing(
         params, n_inputs=extra.get("inputs", 16), max_batch=extra.get("max_batch", 65536),
-        seed=seed, device=device,
+        seed=seed, device=ring_device, fused=bool(extra.get("fused", 1)),
     )
 
 
@@ -52,7 +55,9 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     """Open the reservoir named by ``url`` for the duration of the ``async with``.
 
     ``sim://ring?nodes=24&gain=0.85&noise=0.01``: the simulated ring (parameters:
-    kernels.RingParams, plus ``inputs`` and ``max_batch``).
+    kernels.RingParams, plus ``inputs``, ``max_batch``, ``device=cpu|gpu`` and
+    ``fused=0`` to run the plain CuPy path instead of the fused kernel).
+    ``sim://identity``: a memoryless control whose features are its inputs.
     ``serial:///dev/ttyACM0?baud=115200``, ``socket://127.0.0.1:7000``, ``emu://``:
     a microcontroller speaking docs/protocol.md (parameters: backends/_device_open.py).
     Raises ReservoirURLError (one line, naming the problem) for an unknown scheme or

@@ -116,3 +116,11 @@ async def test_bad_urls_are_one_line_errors(url, named):
         async with open_reservoir(url):
             pass
     assert "\n" not in str(info.value)
+
+
+async def test_the_ring_device_can_be_named_in_the_url():
+    async with open_reservoir("sim://ring?device=cpu&fused=0") as ring:
+        assert np.asarray(await ring.forward(np.zeros((1, ring.info.n_inputs)))).shape[0] == 1
+    with pytest.raises(ReservoirURLError, match="tpu"):
+        async with open_reservoir("sim://ring?device=tpu"):
+            pass
