@@ -6,7 +6,9 @@ worker task per device. ``DevicePool.map_trials(n, prepare, finish)`` runs n tri
 a feeder task calls ``prepare(i)`` (the host's work before the ring: a list of
 input batches that must all run on one device, e.g. the two halves of a central
 difference) and puts trial i on the shared channel; each worker takes the next
-trial as soon as its device is free; the calling task runs ``finish(i, features)``
+trial as soon as its device is free (``in_flight`` workers per device, so that the
+next request already waits at the device when the current one ends and a device
+never idles while the host's loop is busy); the calling task runs ``finish(i, features)``
 (the work after the ring) as results arrive, gathered by trial id. At most
 ``prefetch`` trials per device are prepared ahead, so a device never waits for the
 host while the host is never far ahead of the devices.
@@ -86,7 +88,7 @@ class DevicePool:
 
     def __init__(self, devices: Sequence, names: Sequence[str], *, trial_timeout_s: float = 0.0,
                  min_timeout_s: float = 1.0, cooldown_s: float = 1.0, quarantine_after: int = 3,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, in_flight: int = 2) -> None:
         if not devices:
             raise PoolMismatch("a device pool needs at least one device")
         infos = [d.info for d in devices]
@@ -102,9 +104,10 @@ class DevicePool:
                                   max_batch=min(i.max_batch for i in infos))
         self.trial_timeout_s, self.min_timeout_s = trial_timeout_s, min_timeout_s
         self.cooldown_s, self.quarantine_after = cooldown_s, quarantine_after
-        self.depth = prefetch * len(devices)
+        self.depth = (prefetch + in_flight) * len(devices)
+        self.in_flight = in_flight
         # Room for every prepared trial plus one re-dispatch per worker: never full.
-        self._tx, self._rx = trio.open_memory_channel[_Trial](2 * self.depth + len(devices))
+        self._tx, self._rx = trio.open_memory_channel[_Trial](2 * self.depth + in_flight * len(devices))
         self.stats = [DeviceStats(n) for n in names]
         self.health = DeviceHealth()
         self.late = 0          # results that arrived for an already-finished trial
@@ -167,7 +170,8 @@ class DevicePool:
         """One worker per device, and a watcher of each device's own health."""
         async with trio.open_nursery() as nursery:
             for i, device in enumerate(self.devices):
-                nursery.start_soon(self._work, i)
+                for _ in range(self.in_flight):   # the next request waits at the device
+                    nursery.start_soon(self._work, i)
                 if getattr(device, "health", None) is not None:
                     nursery.start_soon(self._watch, i)
             task_status.started()
@@ -182,6 +186,9 @@ class DevicePool:
                 await trio.sleep_until(stats.benched_until)
             trial = await self._rx.receive()
             if trial.batch.closed or trial.finished:
+                continue
+            if stats.benched_until > trio.current_time():   # benched while this worker waited
+                self._tx.send_nowait(trial)
                 continue
             await self._attempt(i, device, stats, trial)
 

@@ -70,9 +70,15 @@ class LatencyRing:
         self.info = ReservoirInfo("latency-ring", n_inputs, n_features, 65536)
         self.mask = np.random.default_rng(1234).standard_normal((n_inputs, n_features))
         self.forwards = 0
+        self.free_at = 0.0
 
     async def forward(self, u):
-        await trio.sleep(self.latency_s)
+        # One ring, a request FIFO: a request that arrives while the ring is busy starts
+        # when the ring is free, and a reply is ready at its end even if the host's
+        # loop is busy then.
+        start = max(trio.current_time(), self.free_at)
+        self.free_at = start + self.latency_s
+        await trio.sleep_until(self.free_at)
         self.forwards += 1
         z = np.asarray(u) @ self.mask
         return z * z
