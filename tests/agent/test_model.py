@@ -7,6 +7,7 @@ from agent._data import DataError, batch_indices, load_dataset, split, validate
 from agent._model import DenseRingModel, Layout
 from agent._optim import Adam, SGD
 from agent._schema import OptimizerConfig
+from tests.numeric import numeric_grad
 
 
 @pytest.fixture
@@ -24,14 +25,6 @@ def test_layout_packs_every_layer_once(model):
     assert (covered == 1).all()
 
 
-def numeric(f, theta, eps=1e-6):
-    out = np.zeros_like(theta)
-    for i in range(theta.size):
-        up, down = theta.copy(), theta.copy()
-        up[i] += eps
-        down[i] -= eps
-        out[i] = (f(up) - f(down)) / (2 * eps)
-    return out
 
 
 def test_post_and_pre_backward_match_finite_differences(model):
@@ -51,7 +44,7 @@ def test_post_and_pre_backward_match_finite_differences(model):
     post = model.post_backward(theta, feats, probs[0], y)
     grad_u = (post["features"] * (1 - feats**2)) @ lift.T
     grad = model.pack(**post, **model.pre_backward(theta, x, u, grad_u))
-    np.testing.assert_allclose(grad, numeric(loss, theta), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(grad, numeric_grad(lambda: loss(theta), theta), rtol=1e-5, atol=1e-9)
 
 
 def test_probe_stack_equals_one_parameter_vector_at_a_time(model):

@@ -10,6 +10,7 @@ from agent._tasks import delayed_parity
 from agent._trainer import Trainer
 from agent._transformer import TransformerRingModel
 from backends import open_reservoir
+from tests.numeric import numeric_grad
 
 
 @pytest.fixture
@@ -30,14 +31,6 @@ def test_layout_packs_every_layer_once_with_the_pre_ring_layers_first(model):
                if n.startswith(("embed", "pos", "block1", "ring_in")))
 
 
-def numeric(f, theta, eps=1e-6):
-    out = np.zeros_like(theta)
-    for i in range(theta.size):
-        up, down = theta.copy(), theta.copy()
-        up[i] += eps
-        down[i] -= eps
-        out[i] = (f(up) - f(down)) / (2 * eps)
-    return out
 
 
 @pytest.mark.parametrize("pool", ["mean", "last"])
@@ -62,7 +55,7 @@ def test_pre_and_post_backward_chain_matches_finite_differences(pool):
     post = model.post_backward(theta, feats, probs[0], y)
     grad_u = ((post["features"] * (1 - feats ** 2)) @ lift.T)
     analytic = model.pack(**post, **model.pre_backward(theta, x, u, grad_u))
-    np.testing.assert_allclose(analytic, numeric(loss, theta), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(analytic, numeric_grad(lambda: loss(theta), theta), rtol=1e-5, atol=1e-9)
 
 
 def test_a_probe_stack_equals_one_pass_per_probe(model):

@@ -28,19 +28,9 @@ from kernels._transformer import (
     token_embedding_backward,
     token_embedding_forward,
 )
+from tests.numeric import numeric_grad
 
 
-def numeric_grad(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        grad[i] = (up - down) / (2 * eps)
-    return grad
 
 
 def check(objective, pairs):
