@@ -29,6 +29,7 @@ PARAMS, INPUTS, NONE = "params", "inputs", "none"
 PARAM_STREAM, INPUT_STREAM = 0, 1
 _MEMO_LIMIT = 1 << 22   # numbers of one step's directions kept for tell (32 MiB)
 _CHUNK = 4              # kernels.accumulate's default chunk: the same summation order
+_AHEAD = 8              # directions generated per call (Philox's fixed cost per call)
 
 
 @dataclass(frozen=True)
@@ -80,36 +81,74 @@ class Estimator:
     def sigma(self, step: int) -> float:
         return self.cfg.sigma
 
-    def directions(self, step: int, ks, size: int, stream: int):
+    def directions(self, step: int, ks, size: int, stream: int, ahead=()):
         """Directions δ_k of this step, exactly as ``tell`` regenerates them.
 
         The rows are remembered for this step (up to ``_MEMO_LIMIT`` numbers), so
         ``tell`` sums them instead of generating them again at the end of the step,
-        where every device would wait for it. Bit-identical either way: δ_k depends
-        only on (seed, step, k).
+        where every device would wait for it, and a k asked twice (the two probes of a
+        central difference) is generated once. ``ahead``: the k's the step will ask for
+        next, in order; a call that must generate anyway generates up to ``_AHEAD`` rows
+        of them too, since one call's fixed cost is most of a row's. Bit-identical
+        either way: δ_k depends only on (seed, step, k).
         """
-        block = directions(self.seed, step, ks, size, self.distribution, stream=stream)
-        memo = self.__dict__.setdefault("_memo", {})
-        if memo.get("step") != step:
-            memo.clear()
-            memo["step"] = step
-        rows = memo.setdefault((stream, size), {})
-        if len(rows) * size + block.size <= _MEMO_LIMIT:
-            rows.update(zip(list(ks), block))
+        memo = self._memo_from(step)
+        rows = memo.setdefault(step, {}).setdefault((stream, size), {})
+        ks = [int(k) for k in ks]
+        missing = [k for k in dict.fromkeys(ks) if k not in rows]
+        if missing:
+            room = self._room(size)
+            if room < len(missing):   # not remembered: generate exactly what was asked
+                return directions(self.seed, step, ks, size, self.distribution, stream=stream)
+            wanted = set(missing)
+            extra = [k for k in dict.fromkeys(int(k) for k in ahead) if k not in rows and k not in wanted]
+            self._generate(step, stream, size, rows,
+                           missing + extra[: max(0, min(room, _AHEAD) - len(missing))])
+        if len(ks) == 1:
+            return rows[ks[0]][None]
+        block = np.empty((len(ks), size))
+        for i, k in enumerate(ks):
+            block[i] = rows[k]
         return block
+
+    def _memo_from(self, step: int) -> dict:
+        """The memo {step: {(stream, size): {k: row}}}, forgetting the steps before ``step``."""
+        memo = self.__dict__.setdefault("_memo", {})
+        for old in [s for s in memo if s < step]:
+            del memo[old]
+        return memo
+
+    def _room(self, size: int) -> int:
+        used = sum(len(rows) * n for by_key in self.__dict__["_memo"].values()
+                   for (_, n), rows in by_key.items())
+        return (_MEMO_LIMIT - used) // size
+
+    def _generate(self, step, stream, size, rows, ks) -> None:
+        for start in range(0, len(ks), _AHEAD):
+            chunk = ks[start : start + _AHEAD]
+            rows.update(zip(chunk, directions(self.seed, step, chunk, size, self.distribution,
+                                              stream=stream)))
 
     def accumulate(self, step: int, coeffs, size: int, stream: int):
         """Σ_k coeffs[k] δ_k (kernels.accumulate), from this step's remembered rows if any."""
-        memo = self.__dict__.get("_memo", {})
-        rows = memo.get((stream, size), {}) if memo.get("step") == step else {}
+        rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
         coeffs = np.asarray(coeffs, dtype=np.float64)
         if not all(k in rows for k in range(coeffs.shape[0])):
             return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream)
         total = np.zeros(size)
+        term = np.empty(size)
         for start in range(0, coeffs.shape[0], _CHUNK):   # kernels.accumulate's order
             c = coeffs[start : start + _CHUNK]
-            block = np.stack([rows[k] for k in range(start, start + len(c))])
-            total += (c[:, None] * block).sum(axis=0) if c.ndim == 1 else (c * block).sum(axis=0)
+            if size < 8:   # a reduction this narrow may run along the chunk: as it does
+                block = np.stack([rows[k] for k in range(start, start + len(c))])
+                total += (c[:, None] * block).sum(axis=0) if c.ndim == 1 else (c * block).sum(axis=0)
+                continue
+            # (c * block).sum(axis=0) adds the chunk's rows in order, first row first:
+            # the same sum without stacking the block.
+            chunk = np.multiply(c[0], rows[start])
+            for j in range(1, len(c)):
+                chunk += np.multiply(c[j], rows[start + j], out=term)
+            total += chunk
         return total
 
     @property

@@ -9,6 +9,7 @@ exact backwards for the estimators that chain-rule around the ring.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,14 +33,16 @@ class Layout:
     n_ring_out: int
     n_classes: int
 
-    @property
+    # Cached: the per-probe layers read them on every call (a frozen dataclass's
+    # cached_property writes the instance __dict__ directly).
+    @functools.cached_property
     def sizes(self) -> dict[str, tuple[int, ...]]:
         return {
             "w1": (self.n_in, self.n_ring_in), "b1": (self.n_ring_in,),
             "w2": (self.n_ring_out, self.n_classes), "b2": (self.n_classes,),
         }
 
-    @property
+    @functools.cached_property
     def slices(self) -> dict[str, slice]:
         out, start = {}, 0
         for name, shape in self.sizes.items():
@@ -48,11 +51,11 @@ class Layout:
             start += size
         return out
 
-    @property
+    @functools.cached_property
     def dim(self) -> int:
         return sum(int(np.prod(s)) for s in self.sizes.values())
 
-    @property
+    @functools.cached_property
     def pre_dim(self) -> int:
         """Parameters before the ring (w1, b1) come first in the vector."""
         return self.slices["b1"].stop
@@ -77,22 +80,23 @@ class DenseRingModel:
         theta[sl["w1"]] = rng.standard_normal(lay.n_in * lay.n_ring_in) * init_scale / np.sqrt(lay.n_in)
         return theta
 
-    def _unpack(self, theta):
-        """Views of each layer's weights with a leading probe axis (P, ...)."""
+    def _unpack(self, theta, names=None):
+        """Views of each layer's weights (or of ``names``) with a leading probe axis (P, ...)."""
         stack = theta if theta.ndim == 2 else theta[None]
+        slices, sizes = self.layout.slices, self.layout.sizes
         return {
-            name: stack[:, sl].reshape((stack.shape[0],) + self.layout.sizes[name])
-            for name, sl in self.layout.slices.items()
+            name: stack[:, slices[name]].reshape((stack.shape[0],) + sizes[name])
+            for name in (names or slices)
         }
 
     def pre(self, theta, x):
         """Ring inputs u = tanh(x W1 + b1): (P, B, n_ring_in), in (-1, 1)."""
-        p = self._unpack(theta)
+        p = self._unpack(theta, ("w1", "b1"))
         return tanh_forward(batched_dense_forward(x, p["w1"], p["b1"]))
 
     def post(self, theta, feats, y):
         """Per-sample losses (P, B) and softmax probabilities from features (P, B, F)."""
-        p = self._unpack(theta)
+        p = self._unpack(theta, ("w2", "b2"))
         logits = batched_dense_forward(feats / self.feature_scale, p["w2"], p["b2"])
         return softmax_cross_entropy(logits, y)
 

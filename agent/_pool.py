@@ -118,22 +118,36 @@ class DevicePool:
     # -- the caller's side ----------------------------------------------------------
 
     async def map_trials(self, n: int, prepare: Callable[[int], list[np.ndarray]],
-                         finish: Callable[[int, list[np.ndarray]], None]) -> None:
+                         finish: Callable[[int, list[np.ndarray]], None] | None = None, *,
+                         finish_many: Callable[[list[tuple[int, list[np.ndarray]]]], None]
+                         | None = None) -> None:
         """Run trials 0..n-1 across the devices; see the module docstring.
 
         ``prepare(i)`` returns the input batches of trial i (each (B, n_inputs));
         ``finish(i, features)`` gets their features in the same order, once per trial.
+        ``finish_many`` instead gets every result that has arrived, as [(i, features)],
+        so that the host's work after the ring runs once for several trials (the last
+        trials of a batch end nearly together, and each would wait for the others').
         """
         results_tx, results_rx = trio.open_memory_channel[tuple](math.inf)
         batch, slots = _Batch(results_tx), trio.Semaphore(self.depth)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed, n, prepare, batch, slots)
-                for _ in range(n):
-                    trial, features = await self._next_result(results_rx)
-                    trial.finished = True
-                    finish(trial.index, features)
-                    slots.release()
+                left = n
+                while left:
+                    done = [await self._next_result(results_rx)]
+                    if finish_many is not None:
+                        done += self._more_results(results_rx)
+                    for trial, _ in done:
+                        trial.finished = True
+                    if finish_many is not None:
+                        finish_many([(trial.index, features) for trial, features in done])
+                    else:
+                        finish(done[0][0].index, done[0][1])
+                    for _ in done:
+                        slots.release()
+                    left -= len(done)
         finally:
             batch.closed = True
 
@@ -141,8 +155,23 @@ class DevicePool:
         while True:
             trial, features = await results_rx.receive()
             if not trial.finished:
+                trial.finished = True
                 return trial, features
             self.late += 1   # a re-dispatched trial answered twice: the first one counts
+
+    def _more_results(self, results_rx) -> list[tuple]:
+        """The results already waiting, without waiting for more."""
+        more = []
+        while True:
+            try:
+                trial, features = results_rx.receive_nowait()
+            except trio.WouldBlock:
+                return more
+            if trial.finished:
+                self.late += 1
+            else:
+                trial.finished = True
+                more.append((trial, features))
 
     async def _feed(self, n: int, prepare, batch: _Batch, slots: trio.Semaphore) -> None:
         for i in range(n):
@@ -195,7 +224,7 @@ class DevicePool:
     async def _attempt(self, i: int, device, stats: DeviceStats, trial: _Trial) -> None:
         trial.attempts += 1
         features, error, t0 = None, None, trio.current_time()
-        with trio.move_on_after(self._timeout(stats, trial)) as scope:
+        with trio.CancelScope(deadline=t0 + self._timeout(stats, trial)) as scope:   # move_on_after
             try:
                 features = [await self._forward(device, stats, u) for u in trial.inputs]
             except _FAULTS as exc:

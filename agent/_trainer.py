@@ -8,6 +8,7 @@ resumed from a checkpoint continues bit-exactly on the CPU.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,24 @@ def build_model(cfg: Config, data, info):
     return DenseRingModel(layout, m.feature_scale)
 
 
+_FROZEN = False
+
+
+def _freeze_imports() -> None:
+    """Once per process, after the first data set is loaded: move what is alive then
+    (mostly the modules, classes and functions of numpy, scipy, scikit-learn, trio) out
+    of the garbage collector's sight. A full collection otherwise walks those hundred
+    thousand objects again and again during the run, tens of milliseconds in which the
+    host's loop hands no work to any device. Garbage is collected first, so nothing
+    that could be freed is kept; what is created later is collected as usual.
+    """
+    global _FROZEN
+    if not _FROZEN:
+        _FROZEN = True
+        gc.collect()
+        gc.freeze()
+
+
 class Trainer:
     """A model around a reservoir, trained by the configured estimator."""
 
@@ -79,6 +98,7 @@ class Trainer:
         self.reservoir = reservoir
         self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed,
                                  cfg.data)
+        _freeze_imports()
         self.model = build_model(cfg, self.data, reservoir.info)
         layout = self.model.layout
         self.estimator = make_estimator(cfg.estimator, cfg.seed)
@@ -117,22 +137,32 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------
 
-    def _probe_inputs(self, probes, x, sigma, step):
-        """Stacked parameters (P, d) and ring inputs (P, B, n) of every probe."""
+    def _probe_inputs(self, probes, x, sigma, step, ahead=None):
+        """Stacked parameters (P, d) and ring inputs (P, B, n) of every probe.
+
+        ``ahead``: {stream: the k's later calls of this step will ask for}, so that
+        the estimator generates their directions in a few calls (see
+        ``Estimator.directions``).
+        """
         lay, est = self.model.layout, self.estimator
-        thetas = np.repeat(self.params[None], len(probes), axis=0)
+        ahead = ahead or {}
         param_rows = [i for i, p in enumerate(probes) if p.target == PARAMS]
         if param_rows:
             ks = [probes[i].k for i in param_rows]
             signs = np.array([probes[i].sign for i in param_rows])[:, None]
-            deltas = est.directions(step, ks, lay.dim, PARAM_STREAM)
-            thetas[param_rows] += sigma * signs * deltas
+            deltas = est.directions(step, ks, lay.dim, PARAM_STREAM, ahead.get(PARAM_STREAM, ()))
+        if param_rows and len(param_rows) == len(probes):   # θ + σ s δ, as += would
+            thetas = self.params + sigma * signs * deltas
+        else:
+            thetas = np.repeat(self.params[None], len(probes), axis=0)
+            if param_rows:
+                thetas[param_rows] += sigma * signs * deltas
         u = self.model.pre(thetas, x)
         input_rows = [i for i, p in enumerate(probes) if p.target == INPUTS]
         if input_rows:
             ks = [probes[i].k for i in input_rows]
             signs = np.array([probes[i].sign for i in input_rows])[:, None]
-            deltas = est.directions(step, ks, u[0].size, INPUT_STREAM)
+            deltas = est.directions(step, ks, u[0].size, INPUT_STREAM, ahead.get(INPUT_STREAM, ()))
             u[input_rows] += (sigma * signs * deltas).reshape(len(input_rows), *u.shape[1:])
         return thetas, np.clip(u, -1.0, 1.0)
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from agent._estimators import NONE
+from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS
+from agent._model import DenseRingModel
 
 __all__ = ["evaluate_pooled", "probe_groups"]
 
@@ -55,22 +56,61 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
     ev = _Evaluation(losses, len(x), trainer.reservoir.info.n_inputs, trainer.model.layout.dim,
                      trainer.model, trainer.reservoir, trainer.params, x, y)
 
+    streams = {PARAMS: PARAM_STREAM, INPUTS: INPUT_STREAM}
+    order = [probes[i] for group in groups for i in group]   # the order of the prepares
+    upcoming = {stream: [p.k for p in order if p.target == target]
+                for target, stream in streams.items()}
+
+    # The first prepare of a step makes one trial for every device in one pass (each
+    # probe's inputs are computed alone, row by row, whatever the batch): every device
+    # then starts soon after the step does, rather than one prepare after another.
+    first = max(1, len(getattr(trainer.reservoir, "devices", ())))
+    ready: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
     def prepare(g: int) -> list[np.ndarray]:
-        thetas[g], u = trainer._probe_inputs([probes[i] for i in groups[g]], x, sigma, step)
+        if g not in ready:
+            batch = groups[g : g + (first if g == 0 else 2)]
+            rows = [i for group in batch for i in group]
+            th, u = trainer._probe_inputs([probes[i] for i in rows], x, sigma, step, upcoming)
+            start = 0
+            for h, group in enumerate(batch, start=g):
+                ready[h] = th[start : start + len(group)], u[start : start + len(group)]
+                start += len(group)
+        thetas[g], u = ready.pop(g)
         inputs[g] = u
         return list(u)
 
-    def finish(g: int, features: list[np.ndarray]) -> None:
-        feats = np.stack(features)
-        group_losses, probs = trainer.model.post(thetas.pop(g), feats, y)
-        u = inputs.pop(g)
-        for j, i in enumerate(groups[g]):
-            losses[i] = group_losses[j]
-            if probes[i].target == NONE and ev.u is None:
-                ev.u, ev.feats, ev.probs = u[j], feats[j], probs[j]
+    # The dense model's layers after the ring work probe by probe (a matrix product
+    # per probe, reductions along each sample's classes), so one pass over several
+    # trials gives each probe the bits it gets alone; other models finish trial by trial.
+    together = isinstance(trainer.model, DenseRingModel)
+
+    def finish(items: list[tuple[int, list[np.ndarray]]]) -> None:
+        if not together and len(items) > 1:
+            for item in items:
+                finish([item])
+            return
+        features = [f for _, group_features in items for f in group_features]
+        shape = features[0].shape
+        if any(f.shape != shape for f in features):
+            np.stack(features)   # raises, naming the shapes
+        feats = np.empty((len(features),) + shape, dtype=np.result_type(*features))
+        for j, f in enumerate(features):   # np.stack, without its overhead
+            feats[j] = f
+        th = thetas.pop(items[0][0]) if len(items) == 1 else np.concatenate(
+            [thetas.pop(g) for g, _ in items])
+        group_losses, probs = trainer.model.post(th, feats, y)
+        j = 0
+        for g, _ in items:
+            u = inputs.pop(g)
+            for row, i in enumerate(groups[g]):
+                losses[i] = group_losses[j]
+                if probes[i].target == NONE and ev.u is None:
+                    ev.u, ev.feats, ev.probs = u[row], feats[j], probs[j]
+                j += 1
 
     t0 = trio.current_time()
-    await trainer.reservoir.map_trials(len(groups), prepare, finish)
+    await trainer.reservoir.map_trials(len(groups), prepare, finish_many=finish)
     trainer._ring_wait_s += trio.current_time() - t0
     trainer.ring_evals += len(probes) * len(x)
     return ev

@@ -53,8 +53,7 @@ def softmax_cross_entropy(logits, labels):
     exp = xp.exp(shifted)
     total = exp.sum(axis=-1, keepdims=True)
     probs = exp / total
-    index = xp.broadcast_to(labels[:, None], shifted.shape[:-1] + (1,))
-    picked = xp.take_along_axis(shifted, index, axis=-1)[..., 0]
+    picked = shifted[..., xp.arange(labels.shape[0]), labels]   # shifted[..., b, labels[b]]
     losses = xp.log(total[..., 0]) - picked
     return losses, probs
 

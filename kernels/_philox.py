@@ -37,13 +37,15 @@ def philox4x32(xp, c0, c1, c2, c3, k0: int, k1: int):
 
 
 def _words(xp, seed: int, stream: int, step: int, ks, size: int):
-    """Raw uint64-held 32-bit words, shape (len(ks), size)."""
+    """Raw 32-bit words (uint64-held; uint32 on NumPy), shape (len(ks), size)."""
     blocks = (size + 3) // 4
-    shape = (len(ks), blocks)
-    c0 = xp.broadcast_to(xp.arange(blocks, dtype=xp.uint64)[None, :], shape)
-    c1 = xp.broadcast_to(xp.asarray(ks, dtype=xp.uint64)[:, None] & xp.uint64(_MASK32), shape)
-    c2 = xp.full(shape, step & _MASK32, dtype=xp.uint64)
-    c3 = xp.full(shape, stream & _MASK32, dtype=xp.uint64)
+    # Each counter word only as large as it varies (the block index per column, k per
+    # row, step and stream constant): the first rounds then run on small arrays and
+    # philox4x32's broadcasting widens them to (len(ks), blocks) as the words mix.
+    c0 = xp.arange(blocks, dtype=xp.uint64)[None, :]
+    c1 = xp.asarray(ks, dtype=xp.uint64)[:, None] & xp.uint64(_MASK32)
+    c2 = xp.full((1, 1), step & _MASK32, dtype=xp.uint64)
+    c3 = xp.full((1, 1), stream & _MASK32, dtype=xp.uint64)
     out = philox4x32(xp, c0, c1, c2, c3, seed & _MASK32, (seed >> 32) & _MASK32)
     return xp.stack(out, axis=-1).reshape(len(ks), blocks * 4)[:, :size]
 

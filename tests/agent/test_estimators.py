@@ -123,3 +123,18 @@ async def test_backprop_refuses_a_device_that_is_not_differentiable(trainer):
     trainer.reservoir = Opaque(trainer.reservoir)
     with pytest.raises(ValueError, match="differentiable"):
         await estimate(trainer, 0, name="backprop")
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
+def test_remembered_directions_and_their_sum_are_the_bits_regenerated(dist):
+    """A pair's k asked twice, rows generated ahead in chunks, the memo's sum: the bits
+    of kernels.directions and kernels.accumulate."""
+    from kernels import accumulate, directions
+
+    est = make_estimator(EstimatorConfig(name="pgt", k=11, distribution=dist), seed=7)
+    got = np.concatenate([est.directions(3, [k, k], 333, 0, ahead=range(11)) for k in range(11)])
+    np.testing.assert_array_equal(got, directions(7, 3, np.repeat(np.arange(11), 2), 333, dist))
+    for coeffs in (np.random.default_rng(0).normal(size=11),
+                   np.random.default_rng(1).normal(size=(11, 333))):
+        assert (est.accumulate(3, coeffs, 333, 0).tobytes()
+                == accumulate(7, 3, coeffs, 333, dist).tobytes())
