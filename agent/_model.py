@@ -118,8 +118,16 @@ class DenseRingModel:
 
     def pack(self, **grads) -> np.ndarray:
         """Assemble a flat gradient from per-layer pieces (missing ones are zero)."""
-        flat = np.zeros(self.layout.dim)
-        for name, sl in self.layout.slices.items():  # unknown names (features) are skipped
-            if name in grads:
-                flat[sl] = np.asarray(grads[name]).ravel()
-        return flat
+        return pack_grads(self.layout, grads)
+
+
+def pack_grads(layout, grads) -> np.ndarray:
+    """A flat gradient from per-layer pieces named as ``layout.slices`` (missing: zero).
+
+    Names the layout does not know (such as "features") are skipped.
+    """
+    flat = np.zeros(layout.dim)
+    for name, sl in layout.slices.items():
+        if name in grads:
+            flat[sl] = np.asarray(grads[name]).ravel()
+    return flat

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent._config import ConfigError
+from agent._model import pack_grads
 from kernels import softmax_cross_entropy, softmax_cross_entropy_backward, tanh_backward
 from kernels._transformer import (
     block_backward,
@@ -192,8 +193,4 @@ class TransformerRingModel:
 
     def pack(self, **grads) -> np.ndarray:
         """Assemble a flat gradient from per-layer pieces (missing ones are zero)."""
-        flat = np.zeros(self.layout.dim)
-        for name, sl in self.layout.slices.items():  # unknown names (features) are skipped
-            if name in grads:
-                flat[sl] = np.asarray(grads[name]).ravel()
-        return flat
+        return pack_grads(self.layout, grads)
