@@ -40,18 +40,25 @@ def assert_each_trial_once(logs, n):
     assert sorted(ids) == list(range(1, n + 1))
 
 
+async def run_faulty_matching_clean(faults, inputs):
+    """Run ``inputs`` on a device with ``faults``; assert it answers exactly as a clean
+    device does and accepts each trial once. Returns (logs, device)."""
+    want = await clean(inputs)
+    with capture_logs() as logs:
+        got, device = await run_all(f"{SMALL}&faults={faults}", inputs)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert_each_trial_once(logs, len(inputs))
+    return logs, device
+
+
 @pytest.mark.parametrize("faults", [
     "corrupt=0.01", "drop=0.01", "truncate=0.1", "duplicate=0.3", "stall=0.1;stall_s=5",
     "corrupt=0.005;drop=0.005;truncate=0.05;duplicate=0.1;stall=0.05",
 ])
 async def test_byte_and_frame_faults_are_retried_to_the_clean_answer(autojump_clock, faults):
     inputs = batches(40)
-    want = await clean(inputs)
-    with capture_logs() as logs:
-        got, device = await run_all(f"{SMALL}&faults={faults};seed=3", inputs)
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    assert_each_trial_once(logs, len(inputs))
+    logs, device = await run_faulty_matching_clean(f"{faults};seed=3", inputs)
     seen = {e["event"] for e in logs}
     assert seen & {"device_retry", "device_fault", "device_stale_reply", "device_garbled_frame"}
     # A resend is replayed, not re-run: the ring runs again only for a trial whose
@@ -62,24 +69,13 @@ async def test_byte_and_frame_faults_are_retried_to_the_clean_answer(autojump_cl
 
 async def test_a_reset_is_verified_reported_and_its_trial_resent(autojump_clock):
     inputs = batches(12)
-    want = await clean(inputs)
-    with capture_logs() as logs:
-        got, device = await run_all(f"{SMALL}&faults=reset_every=5", inputs)
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    assert_each_trial_once(logs, len(inputs))
+    logs, device = await run_faulty_matching_clean("reset_every=5", inputs)
     resets = [e for e in events(logs, "device_reconnect") if e["reset_cause"] == "watchdog"]
     assert len(resets) == device.emulator.stats["resets"] == 2
 
 
 async def test_an_unplugged_device_is_reconnected_with_backoff(autojump_clock):
-    inputs = batches(10)
-    want = await clean(inputs)
-    with capture_logs() as logs:
-        got, _ = await run_all(f"{SMALL}&faults=unplug_at=4;unplug_s=3", inputs)
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    assert_each_trial_once(logs, len(inputs))
+    logs, _ = await run_faulty_matching_clean("unplug_at=4;unplug_s=3", batches(10))
     assert events(logs, "device_fault")
     [back] = events(logs, "device_reconnect")
     assert back["reset_cause"] == "power_on"
