@@ -8,7 +8,6 @@ resumed from a checkpoint continues bit-exactly on the CPU.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,24 +71,6 @@ def build_model(cfg: Config, data, info):
     return DenseRingModel(layout, m.feature_scale)
 
 
-_FROZEN = False
-
-
-def _freeze_imports() -> None:
-    """Once per process, after the first data set is loaded: move what is alive then
-    (mostly the modules, classes and functions of numpy, scipy, scikit-learn, trio) out
-    of the garbage collector's sight. A full collection otherwise walks those hundred
-    thousand objects again and again during the run, tens of milliseconds in which the
-    host's loop hands no work to any device. Garbage is collected first, so nothing
-    that could be freed is kept; what is created later is collected as usual.
-    """
-    global _FROZEN
-    if not _FROZEN:
-        _FROZEN = True
-        gc.collect()
-        gc.freeze()
-
-
 class Trainer:
     """A model around a reservoir, trained by the configured estimator."""
 
@@ -98,7 +79,6 @@ class Trainer:
         self.reservoir = reservoir
         self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed,
                                  cfg.data)
-        _freeze_imports()
         self.model = build_model(cfg, self.data, reservoir.info)
         layout = self.model.layout
         self.estimator = make_estimator(cfg.estimator, cfg.seed)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent._config import load_config  # noqa: E402
 from agent._pool import DevicePool  # noqa: E402
+from agent._runloop import freeze_startup_objects  # noqa: E402
 from agent._trainer import Trainer  # noqa: E402
 from backends import ReservoirInfo  # noqa: E402
 
@@ -90,6 +91,7 @@ async def measure(latency_s: float, n: int, cfg, seconds: float) -> dict:
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         trainer = Trainer(cfg, pool)
+        freeze_startup_objects()
         await trainer.train_step()   # warm-up: imports, first allocations
         start = [d.forwards for d in devices]
         t0, steps = time.perf_counter(), 0
