@@ -132,24 +132,10 @@ class Estimator:
     def accumulate(self, step: int, coeffs, size: int, stream: int):
         """Σ_k coeffs[k] δ_k (kernels.accumulate), from this step's remembered rows if any."""
         rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
-        coeffs = np.asarray(coeffs, dtype=np.float64)
-        if not all(k in rows for k in range(coeffs.shape[0])):
-            return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream)
-        total = np.zeros(size)
-        term = np.empty(size)
-        for start in range(0, coeffs.shape[0], _CHUNK):   # kernels.accumulate's order
-            c = coeffs[start : start + _CHUNK]
-            if size < 8:   # a reduction this narrow may run along the chunk: as it does
-                block = np.stack([rows[k] for k in range(start, start + len(c))])
-                total += (c[:, None] * block).sum(axis=0) if c.ndim == 1 else (c * block).sum(axis=0)
-                continue
-            # (c * block).sum(axis=0) adds the chunk's rows in order, first row first:
-            # the same sum without stacking the block.
-            chunk = np.multiply(c[0], rows[start])
-            for j in range(1, len(c)):
-                chunk += np.multiply(c[j], rows[start + j], out=term)
-            total += chunk
-        return total
+        if not all(k in rows for k in range(len(coeffs))):
+            rows = None   # not all remembered: regenerate, to the same bits
+        return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream,
+                          chunk=_CHUNK, rows=rows)
 
     @property
     def distribution(self) -> str:

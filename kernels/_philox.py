@@ -77,17 +77,22 @@ def directions(seed: int, step: int, ks, size: int, distribution: str = "rademac
 
 
 def accumulate(seed: int, step: int, coeffs, size: int, distribution: str = "rademacher",
-               *, stream: int = 0, xp=np, dtype=np.float64, chunk: int = 4):
+               *, stream: int = 0, xp=np, dtype=np.float64, chunk: int = 4, rows=None):
     """Σ_k coeffs[k] δ_k, regenerating at most ``chunk`` directions at a time.
 
     ``coeffs`` may be (K,) or (K, size) (a per-element coefficient, used when each
-    sample of a batch has its own loss difference).
+    sample of a batch has its own loss difference). ``rows``: a mapping k -> δ_k of
+    directions already generated this step, used instead of regenerating them; the
+    sum is the same to the bit either way.
     """
     coeffs = xp.asarray(coeffs, dtype=dtype)
     total = xp.zeros(size, dtype=dtype)
     for start in range(0, coeffs.shape[0], chunk):
         ks = range(start, min(start + chunk, coeffs.shape[0]))
-        block = directions(seed, step, ks, size, distribution, stream=stream, xp=xp, dtype=dtype)
+        if rows is None:
+            block = directions(seed, step, ks, size, distribution, stream=stream, xp=xp, dtype=dtype)
+        else:
+            block = xp.stack([rows[k] for k in ks])
         c = coeffs[start : start + len(ks)]
         total += (c[:, None] * block).sum(axis=0) if c.ndim == 1 else (c * block).sum(axis=0)
     return total
