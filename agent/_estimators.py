@@ -17,6 +17,7 @@ stored: direction k of step s is regenerated from (seed, s, k) (kernels.directio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +53,8 @@ class Evaluation(Protocol):
     batch_size: int
     input_size: int
     dim: int
+    done: np.ndarray | None     # (n_probes,) bool while losses land one by one, else None
+    early: tuple | None         # what ``tell_early`` did so far, for ``tell``
 
     def pack(self, **grads) -> np.ndarray: ...                  # per-layer -> flat
 
@@ -60,10 +63,24 @@ class Evaluation(Protocol):
     def ring_vjp(self, grad_feats) -> np.ndarray: ...           # simulation only
 
 
-def _pairs(k: int, form: str) -> list[Probe]:
+_CLEAN = (Probe(-1, 0.0, NONE),)
+_SPSA_PAIR = (Probe(0, 1.0, PARAMS), Probe(0, -1.0, PARAMS))
+
+
+@functools.lru_cache(maxsize=16)
+def _pairs(k: int, form: str) -> tuple[Probe, ...]:
+    """Every parameter probe of a step; the same (immutable) tuple every step."""
     if form == "central":
-        return [Probe(i, s, PARAMS) for i in range(k) for s in (1.0, -1.0)]
-    return [Probe(-1, 0.0, NONE)] + [Probe(i, 1.0, PARAMS) for i in range(k)]
+        return tuple(Probe(i, s, PARAMS) for i in range(k) for s in (1.0, -1.0))
+    return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, 1.0, PARAMS) for i in range(k))
+
+
+@functools.lru_cache(maxsize=16)
+def _input_probes(k: int, form: str) -> tuple[Probe, ...]:
+    """The clean pass, then every input probe of a step (the same tuple every step)."""
+    if form == "central":
+        return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, s, INPUTS) for i in range(k) for s in (1.0, -1.0))
+    return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, 1.0, INPUTS) for i in range(k))
 
 
 class Estimator:
@@ -126,16 +143,34 @@ class Estimator:
     def _generate(self, step, stream, size, rows, ks) -> None:
         for start in range(0, len(ks), _AHEAD):
             chunk = ks[start : start + _AHEAD]
-            rows.update(zip(chunk, directions(self.seed, step, chunk, size, self.distribution,
-                                              stream=stream)))
+            rows.update(zip(chunk, self.generate(step, chunk, size, stream)))
 
-    def accumulate(self, step: int, coeffs, size: int, stream: int):
-        """Σ_k coeffs[k] δ_k (kernels.accumulate), from this step's remembered rows if any."""
+    def generate(self, step: int, ks, size: int, stream: int) -> np.ndarray:
+        """δ_k for every k in ``ks``, (len(ks), size): a pure function, safe in a thread."""
+        return directions(self.seed, step, ks, size, self.distribution, stream=stream)
+
+    def remember(self, step: int, ks, size: int, stream: int, block: np.ndarray) -> None:
+        """Keep rows generated ahead of time (``generate``, often for the next step) for
+        ``directions`` and ``accumulate``, where there is room; rows already kept stay."""
+        memo = self.__dict__.setdefault("_memo", {})
+        rows = memo.setdefault(step, {}).setdefault((stream, size), {})
+        if self._room(size) >= len(ks):
+            for k, row in zip(ks, block):
+                rows.setdefault(int(k), row)
+
+    def remembered(self, step: int, ks, size: int, stream: int) -> bool:
         rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
-        if not all(k in rows for k in range(len(coeffs))):
+        return all(int(k) in rows for k in ks)
+
+    def accumulate(self, step: int, coeffs, size: int, stream: int, *, first: int = 0,
+                   total=None):
+        """Σ_k coeffs[k] δ_k (kernels.accumulate, also its ``first`` and ``total``),
+        from this step's remembered rows if any."""
+        rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size))
+        if rows is None or not self.remembered(step, range(first, first + len(coeffs)), size, stream):
             rows = None   # not all remembered: regenerate, to the same bits
         return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream,
-                          chunk=_CHUNK, rows=rows)
+                          chunk=_CHUNK, rows=rows, first=first, total=total)
 
     @property
     def distribution(self) -> str:
@@ -149,6 +184,16 @@ class Estimator:
 
     def tell(self, state, step, probes, ev: Evaluation):
         raise NotImplementedError
+
+    def tell_early(self, state, step, probes, ev: Evaluation) -> None:
+        """Do now the part of ``tell`` that the losses in so far allow.
+
+        Called, where the agent gathers a step's probes one by one (a device pool), each
+        time more losses land: ``ev.done`` marks the probes whose losses are in. What is
+        done is kept in ``ev.early`` and ``tell`` goes on from it, so the step's end,
+        where every device waits for ``tell``, has little left. The estimate is the
+        same to the bit. The base estimator leaves it all to ``tell``.
+        """
 
 
 def _difference_coeffs(losses: np.ndarray, probes: list[Probe], sigma: float, form: str) -> np.ndarray:
@@ -167,11 +212,34 @@ class PGT(Estimator):
     def ask(self, state, step):
         return _pairs(self.cfg.k, self.cfg.form)
 
+    def _coeffs(self, losses, probes, step) -> np.ndarray:
+        coeffs = _difference_coeffs(losses, probes, self.sigma(step), self.cfg.form).mean(axis=1)
+        return coeffs / len(coeffs)
+
     def tell(self, state, step, probes, ev):
-        sigma = self.sigma(step)
-        coeffs = _difference_coeffs(ev.losses, probes, sigma, self.cfg.form).mean(axis=1)
-        grad = self.accumulate(step, coeffs / len(coeffs), ev.dim, PARAM_STREAM)
+        first, total = getattr(ev, "early", None) or (0, None)
+        coeffs = self._coeffs(ev.losses, probes, step)
+        grad = self.accumulate(step, coeffs[first:], ev.dim, PARAM_STREAM, first=first, total=total)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
+
+    def tell_early(self, state, step, probes, ev):
+        """Sum the directions whose pairs are in, whole chunks in order, as ``tell`` would.
+
+        Each coefficient is taken from the same arrays ``tell`` computes at the end
+        (probes not yet in hold zeros), so every summed chunk is ``tell``'s to the bit.
+        """
+        done = ev.done
+        ready = done[0::2] & done[1::2] if self.cfg.form == "central" else done[1:] & done[0]
+        first, total = ev.early or (0, None)
+        waiting = np.flatnonzero(~ready[first:])
+        stop = first + int(waiting[0]) if len(waiting) else len(ready)
+        if stop < len(ready):
+            stop -= (stop - first) % _CHUNK   # whole chunks only, except the last
+        if stop == first or not self.remembered(step, range(first, stop), ev.dim, PARAM_STREAM):
+            return
+        coeffs = self._coeffs(ev.losses, probes, step)[first:stop]
+        ev.early = stop, self.accumulate(step, coeffs, ev.dim, PARAM_STREAM, first=first,
+                                          total=total)
 
 
 class SPSA(PGT):
@@ -181,7 +249,7 @@ class SPSA(PGT):
     distribution = "rademacher"
 
     def ask(self, state, step):
-        return [Probe(0, 1.0, PARAMS), Probe(0, -1.0, PARAMS)]
+        return _SPSA_PAIR
 
     def sigma(self, step):
         return self.cfg.sigma / (step + 1) ** self.cfg.spsa_gamma
@@ -189,6 +257,8 @@ class SPSA(PGT):
     def lr_scale(self, step):
         a = self.cfg.spsa_a
         return ((a + 1.0) / (step + 1.0 + a)) ** self.cfg.spsa_alpha
+
+    tell_early = Estimator.tell_early   # one pair: nothing to do early
 
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
@@ -203,10 +273,7 @@ class Interface(Estimator):
     name = "interface"
 
     def ask(self, state, step):
-        k, form = self.cfg.k, self.cfg.form
-        if form == "central":
-            return [Probe(-1, 0.0, NONE)] + [Probe(i, s, INPUTS) for i in range(k) for s in (1.0, -1.0)]
-        return [Probe(-1, 0.0, NONE)] + [Probe(i, 1.0, INPUTS) for i in range(k)]
+        return _input_probes(self.cfg.k, self.cfg.form)
 
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
@@ -227,7 +294,7 @@ class Readout(Estimator):
     name = "readout"
 
     def ask(self, state, step):
-        return [Probe(-1, 0.0, NONE)]
+        return _CLEAN
 
     def tell(self, state, step, probes, ev):
         return ev.pack(**ev.post_grads()), state, {}
@@ -239,7 +306,7 @@ class Backprop(Estimator):
     name = "backprop"
 
     def ask(self, state, step):
-        return [Probe(-1, 0.0, NONE)]
+        return _CLEAN
 
     def tell(self, state, step, probes, ev):
         post = ev.post_grads()

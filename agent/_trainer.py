@@ -36,6 +36,8 @@ class _Evaluation:
     u: np.ndarray | None = None
     feats: np.ndarray | None = None
     probs: np.ndarray | None = None
+    done: np.ndarray | None = None
+    early: tuple | None = None
 
     def pack(self, **grads):
         return self.model.pack(**grads)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS
+from agent._estimators import _AHEAD, INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS
 from agent._model import DenseRingModel
 
-__all__ = ["evaluate_pooled", "probe_groups"]
+__all__ = ["evaluate_pooled", "prefetch_directions", "probe_groups"]
 
 
 def probe_groups(probes) -> list[list[int]]:
@@ -45,21 +45,38 @@ def probe_groups(probes) -> list[list[int]]:
     return groups
 
 
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(probes) -> tuple[list[list[int]], dict[int, list[int]]]:
+    """The trials of a step's probes (``probe_groups``) and, per direction stream, the
+    k's in the order the prepares will ask for them. Kept for an estimator's probes
+    that are the same tuple every step (the usual case), since the step waits for it."""
+    kept = _PLANS.get(id(probes))
+    if kept is not None and kept[0] is probes:
+        return kept[1]
+    groups = probe_groups(probes)
+    order = [probes[i] for group in groups for i in group]
+    upcoming = {stream: [p.k for p in order if p.target == target]
+                for target, stream in ((PARAMS, PARAM_STREAM), (INPUTS, INPUT_STREAM))}
+    if isinstance(probes, tuple):
+        if len(_PLANS) > 16:
+            _PLANS.clear()
+        _PLANS[id(probes)] = probes, (groups, upcoming)
+    return groups, upcoming
+
+
 async def evaluate_pooled(trainer, probes, x, y, sigma, step):
     """The step's per-sample losses (and its clean pass) with one trial per group."""
     from agent._trainer import _Evaluation   # the trainer imports this module lazily
 
-    groups = probe_groups(probes)
-    losses = np.empty((len(probes), len(x)))
+    groups, upcoming = _plan(probes)
+    losses = np.zeros((len(probes), len(x)))   # zeros until in: see Estimator.tell_early
     thetas: dict[int, np.ndarray] = {}
     inputs: dict[int, np.ndarray] = {}
     ev = _Evaluation(losses, len(x), trainer.reservoir.info.n_inputs, trainer.model.layout.dim,
-                     trainer.model, trainer.reservoir, trainer.params, x, y)
-
-    streams = {PARAMS: PARAM_STREAM, INPUTS: INPUT_STREAM}
-    order = [probes[i] for group in groups for i in group]   # the order of the prepares
-    upcoming = {stream: [p.k for p in order if p.target == target]
-                for target, stream in streams.items()}
+                     trainer.model, trainer.reservoir, trainer.params, x, y,
+                     done=np.zeros(len(probes), dtype=bool))
 
     # The first prepare of a step makes one trial for every device in one pass (each
     # probe's inputs are computed alone, row by row, whatever the batch): every device
@@ -105,12 +122,44 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
             u = inputs.pop(g)
             for row, i in enumerate(groups[g]):
                 losses[i] = group_losses[j]
+                ev.done[i] = True
                 if probes[i].target == NONE and ev.u is None:
                     ev.u, ev.feats, ev.probs = u[row], feats[j], probs[j]
                 j += 1
+        trainer.estimator.tell_early(trainer.est_state, step, probes, ev)
+        first_result.set()
 
+    async def prefetch() -> None:
+        # Once results come back every device is busy: the thread then takes no time
+        # from the step's first prepares, which every device waits for.
+        await first_result.wait()
+        await prefetch_directions(trainer.estimator, trainer.est_state, step + 1,
+                                  trainer.model.layout.dim)
+
+    first_result = trio.Event()
     t0 = trio.current_time()
-    await trainer.reservoir.map_trials(len(groups), prepare, finish_many=finish)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prefetch)
+        await trainer.reservoir.map_trials(len(groups), prepare, finish_many=finish)
+        nursery.cancel_scope.cancel()   # a chunk still in its thread finishes there, unused
     trainer._ring_wait_s += trio.current_time() - t0
     trainer.ring_evals += len(probes) * len(x)
     return ev
+
+
+async def prefetch_directions(estimator, state, step: int, dim: int) -> None:
+    """Generate the parameter directions ``step`` will ask for, in a worker thread.
+
+    Run while the step before it waits on the devices: the host's loop stays free to
+    feed them, the generation uses another core, and the next step's first trials
+    start without it. Only a cache: δ_k is a pure function of (seed, step, k), and a
+    row the step needs before it is here is generated where it is needed.
+    """
+    ks = list(dict.fromkeys(p.k for p in estimator.ask(state, step) if p.target == PARAMS))
+    for start in range(0, len(ks), _AHEAD):
+        chunk = ks[start : start + _AHEAD]
+        if estimator.remembered(step, chunk, dim, PARAM_STREAM):
+            continue
+        block = await trio.to_thread.run_sync(estimator.generate, step, chunk, dim, PARAM_STREAM,
+                                              abandon_on_cancel=True)
+        estimator.remember(step, chunk, dim, PARAM_STREAM, block)

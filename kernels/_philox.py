@@ -77,18 +77,25 @@ def directions(seed: int, step: int, ks, size: int, distribution: str = "rademac
 
 
 def accumulate(seed: int, step: int, coeffs, size: int, distribution: str = "rademacher",
-               *, stream: int = 0, xp=np, dtype=np.float64, chunk: int = 4, rows=None):
+               *, stream: int = 0, xp=np, dtype=np.float64, chunk: int = 4, rows=None,
+               first: int = 0, total=None):
     """Σ_k coeffs[k] δ_k, regenerating at most ``chunk`` directions at a time.
 
     ``coeffs`` may be (K,) or (K, size) (a per-element coefficient, used when each
     sample of a batch has its own loss difference). ``rows``: a mapping k -> δ_k of
     directions already generated this step, used instead of regenerating them; the
     sum is the same to the bit either way.
+
+    A sum may be built in parts as its coefficients become known: ``coeffs`` are then
+    those of k = first, first + 1, ... and ``total`` is the running sum, added to in
+    place and returned. With ``first`` a multiple of ``chunk`` the parts add the same
+    chunks in the same order as one call, so the sum is the same to the bit.
     """
     coeffs = xp.asarray(coeffs, dtype=dtype)
-    total = xp.zeros(size, dtype=dtype)
+    if total is None:
+        total = xp.zeros(size, dtype=dtype)
     for start in range(0, coeffs.shape[0], chunk):
-        ks = range(start, min(start + chunk, coeffs.shape[0]))
+        ks = range(first + start, first + min(start + chunk, coeffs.shape[0]))
         if rows is None:
             block = directions(seed, step, ks, size, distribution, stream=stream, xp=xp, dtype=dtype)
         else:
