@@ -1,16 +1,23 @@
 """Are the rings kept busy? Duty cycle of N devices of latency L under real training.
 
     python tools/bench_agent.py [--latencies-ms 1 5 20] [--devices 1 2 4 8]
-                                [--estimator pgt --k 64] [--seconds 2] [--json FILE]
+                                [--k-per-device 16 | --k K] [--seconds 3] [--json FILE]
 
 For each (L, N) it trains the default model (digits, dense -> ring -> dense, batch 32)
-through a DevicePool of N in-process devices and measures, over a fixed stretch of
-wall time after one warm-up step:
+with ``pgt`` (central pairs) through a DevicePool of N in-process devices and
+measures, over a fixed stretch of wall time after one warm-up step:
 
 - duty cycle of each device: the time it spent evaluating (L per forward) over the
   wall time; the table shows the lowest of the N;
 - probes per second (one probe = one forward of the batch) and its ratio to the
   ideal N/L.
+
+How many directions a step has decides how long the devices work between two
+updates, and the host's work between steps (the update, then the first probes of
+the next step) is idle time for every device. By default K grows with the rack:
+16 directions per device (the paper's K = 16 for each ring), so every ring runs 32
+passes a step whatever N is (a rack bought to estimate more directions per step).
+``--k K`` fixes K instead, so that each ring's share of a step shrinks as N grows.
 
 The device (``LatencyRing``) is a real Reservoir, the pool's workers await its
 ``forward`` like any other: ``await trio.sleep(L)``, then features from a fixed
@@ -18,10 +25,7 @@ random square-law map of the inputs (|u·M|², 16 inputs -> 384 features, as
 many as the default ring). It does not run the simulated ring's dynamics: those
 cost ~2 ms of host CPU for 32 samples, which on a real rack the ring does, not the
 host. The host does all the rest for real: the layers before and after the ring,
-the perturbations, the estimator, the optimizer. The estimator defaults to ``pgt``
-with K = 64 central pairs (128 probes a step), enough work per step to occupy 8
-devices; the default ``interface`` estimator (K = 4: 9 probes a step) cannot
-occupy more devices than it has probes.
+the perturbations, the estimator, the optimizer.
 """
 
 from __future__ import annotations
@@ -113,27 +117,31 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latencies-ms", type=float, nargs="+", default=[1.0, 5.0, 20.0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--estimator", default="pgt")
-    parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=2.0, help="measured wall time per row")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--k-per-device", type=int, default=16,
+                       help="K = this times the number of devices (default 16)")
+    scale.add_argument("--k", type=int, help="a fixed K for every number of devices")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured wall time per row")
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
     args = parser.parse_args(argv)
-    cfg = load_config(None, [f"estimator.name={args.estimator}", f"estimator.k={args.k}",
-                             "train.steps=1000000"])
-    rows = []
-    print(f"estimator {args.estimator}, K = {args.k}, batch {cfg.data.batch_size}, "
-          f"{args.seconds} s a row\n")
-    print("| L (ms) | devices | duty cycle, min (mean) | probes/s | ideal N/L | ratio |")
-    print("|---|---|---|---|---|---|")
+    rows, batch = [], load_config(None, []).data.batch_size
+    scaling = f"K = {args.k}" if args.k else f"K = {args.k_per_device} per device"
+    print(f"estimator pgt (central), {scaling}, batch {batch}, {args.seconds} s a row\n")
+    print("| L (ms) | devices | K | duty cycle, min (mean) | probes/s | ideal N/L | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for latency in args.latencies_ms:
         for n in args.devices:
+            k = args.k or args.k_per_device * n
+            cfg = load_config(None, ["estimator.name=pgt", f"estimator.k={k}",
+                                     "train.steps=1000000"])
             row = trio.run(measure, latency / 1e3, n, cfg, args.seconds, clock=PreciseClock())
+            row["k"] = k
             rows.append(row)
-            print(f"| {latency:g} | {n} | {row['duty_min']:.3f} ({row['duty_mean']:.3f}) | "
+            print(f"| {latency:g} | {n} | {k} | {row['duty_min']:.3f} ({row['duty_mean']:.3f}) | "
                   f"{row['probes_per_s']:.0f} | {row['ideal_per_s']:.0f} | {row['ratio']:.3f} |",
                   flush=True)
-    result = {"estimator": args.estimator, "k": args.k, "batch": cfg.data.batch_size,
-              "rows": rows}
+    result = {"estimator": "pgt", "k_per_device": None if args.k else args.k_per_device,
+              "k": args.k, "batch": batch, "rows": rows}
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -138,3 +138,57 @@ def test_remembered_directions_and_their_sum_are_the_bits_regenerated(dist):
                    np.random.default_rng(1).normal(size=(11, 333))):
         assert (est.accumulate(3, coeffs, 333, 0).tobytes()
                 == accumulate(7, 3, coeffs, 333, dist).tobytes())
+
+
+class _Landing:
+    """An evaluation whose losses land one probe pair at a time, as a device pool's do."""
+
+    def __init__(self, losses, dim):
+        self.losses, self.dim = np.zeros_like(losses), dim
+        self.done, self.early = np.zeros(len(losses), dtype=bool), None
+
+    def land(self, rows, losses):
+        self.losses[rows], self.done[rows] = losses[rows], True
+
+
+@pytest.mark.parametrize("form", ["central", "one-sided"])
+def test_tell_early_sums_what_has_landed_and_tell_ends_on_the_same_bits(form):
+    dim, k = 333, 11
+    est = make_estimator(EstimatorConfig(name="pgt", k=k, form=form), seed=7)
+    probes = est.ask({}, 3)
+    losses = np.random.default_rng(0).normal(size=(len(probes), 5))
+    rows = [[2 * i, 2 * i + 1] for i in range(k)] if form == "central" else \
+        [[0]] + [[i + 1] for i in range(k)]
+    est.directions(3, range(k), dim, 0)   # as the step's prepares do
+    landing, progress = _Landing(losses, dim), []
+    for group in rows[1:] + rows[:1]:     # the first trial lands last
+        landing.land(group, losses)
+        est.tell_early({}, 3, probes, landing)
+        progress.append(landing.early[0] if landing.early else 0)
+    # Nothing before the first trial lands; then whole chunks of 4 in order, all 11 at the end.
+    assert progress[-2] == 0 and progress[-1] == k
+    landing2 = _Landing(losses, dim)
+    for group in rows:                    # in order: chunks as soon as they are whole
+        landing2.land(group, losses)
+        est.tell_early({}, 3, probes, landing2)
+        progress.append(landing2.early[0] if landing2.early else 0)
+    in_order = [0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 11]
+    assert progress[len(rows):] == (in_order if form == "central" else [0] + in_order)
+    all_at_once = _Landing(losses, dim)
+    all_at_once.land(list(range(len(probes))), losses)
+    grad = est.tell({}, 3, probes, all_at_once)[0]
+    assert est.tell({}, 3, probes, landing)[0].tobytes() == grad.tobytes()
+    assert est.tell({}, 3, probes, landing2)[0].tobytes() == grad.tobytes()
+
+
+def test_rows_generated_ahead_in_a_thread_are_the_bits_of_directions():
+    import trio
+
+    from agent._trials import prefetch_directions
+    from kernels import directions
+
+    est = make_estimator(EstimatorConfig(name="pgt", k=11, distribution="gaussian"), seed=7)
+    trio.run(prefetch_directions, est, {}, 4, 333)
+    assert est.remembered(4, range(11), 333, 0)
+    got = est.directions(4, list(range(11)), 333, 0)
+    np.testing.assert_array_equal(got, directions(7, 4, range(11), 333, "gaussian"))

@@ -98,6 +98,36 @@ async def test_the_pool_matches_the_batched_single_device_path(autojump_clock):
     np.testing.assert_allclose(pooled.params, batched.params, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("form", ["central", "one-sided"])
+async def test_pgt_through_the_pool_sums_early_and_matches_the_batched_path(form,
+                                                                           autojump_clock):
+    """tell_early sums chunks while trials land; the estimate keeps the batched bits."""
+    cfg = load_config(None, ["estimator.name=pgt", "estimator.k=9", f"estimator.form={form}",
+                             "train.steps=3"])
+    async with open_reservoir(RING) as ring:
+        batched = Trainer(cfg, ring)
+        for _ in range(3):
+            await batched.train_step()
+    progress: dict[int, list[int]] = {}   # step -> how far the sum was after each landing
+    async with open_pool(["slow://?delay=0.01&jitter=0.005"] * 3,
+                         open_reservoir=slow_reservoir) as pool:
+        pooled = Trainer(cfg, pool)
+        tell_early = pooled.estimator.tell_early
+
+        def spy(state, step, probes, ev):
+            tell_early(state, step, probes, ev)
+            progress.setdefault(step, []).append(ev.early[0] if ev.early else 0)
+
+        pooled.estimator.tell_early = spy
+        for _ in range(3):
+            await pooled.train_step()
+    assert pooled.params.tobytes() == batched.params.tobytes()
+    # Three rings, nine pairs: the first chunk of four is summed a round before the last
+    # trials land, and tell finds every direction summed.
+    for marks in progress.values():
+        assert marks[-1] == 9 and len(marks) >= 2 and marks[-2] >= 4
+
+
 async def test_a_straggler_does_not_hold_a_step_beyond_its_deadline(autojump_clock):
     cfg = load_config(None, ["estimator.k=3", "train.steps=4"])
     urls = ["slow://?delay=0.01", "slow://?delay=0.01&slow_from=3&slow_s=1000"]

@@ -60,3 +60,15 @@ def test_accumulate_equals_explicit_sum(dist):
 def test_unknown_distribution_is_named():
     with pytest.raises(ValueError, match="uniform"):
         directions(0, 0, [0], 4, "uniform")
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
+def test_a_sum_built_in_parts_is_the_sum_in_one_call(dist):
+    """Parts that start at multiples of the chunk add the same chunks in the same order."""
+    rng = np.random.default_rng(2)
+    for coeffs in (rng.normal(size=13), rng.normal(size=(13, 101))):
+        whole = accumulate(5, 6, coeffs, 101, dist, chunk=4)
+        total = accumulate(5, 6, coeffs[:4], 101, dist, chunk=4)
+        total = accumulate(5, 6, coeffs[4:12], 101, dist, chunk=4, first=4, total=total)
+        parts = accumulate(5, 6, coeffs[12:], 101, dist, chunk=4, first=12, total=total)
+        assert parts is total and parts.tobytes() == whole.tobytes()
