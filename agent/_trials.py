@@ -95,6 +95,8 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
                 start += len(group)
         thetas[g], u = ready.pop(g)
         inputs[g] = u
+        if g == len(groups) - 1:
+            fed.set()
         return list(u)
 
     # The dense model's layers after the ring work probe by probe (a matrix product
@@ -127,16 +129,16 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
                     ev.u, ev.feats, ev.probs = u[row], feats[j], probs[j]
                 j += 1
         trainer.estimator.tell_early(trainer.est_state, step, probes, ev)
-        first_result.set()
 
     async def prefetch() -> None:
-        # Once results come back every device is busy: the thread then takes no time
-        # from the step's first prepares, which every device waits for.
-        await first_result.wait()
+        # Once every trial is prepared the loop only gathers results, and the thread
+        # competes least with it for the interpreter (the prepares that keep the
+        # devices fed, above all the step's first, which every device waits for).
+        await fed.wait()
         await prefetch_directions(trainer.estimator, trainer.est_state, step + 1,
                                   trainer.model.layout.dim)
 
-    first_result = trio.Event()
+    fed = trio.Event()
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(prefetch)
