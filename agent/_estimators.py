@@ -228,9 +228,13 @@ class PGT(Estimator):
         Each coefficient is taken from the same arrays ``tell`` computes at the end
         (probes not yet in hold zeros), so every summed chunk is ``tell``'s to the bit.
         """
-        done = ev.done
-        ready = done[0::2] & done[1::2] if self.cfg.form == "central" else done[1:] & done[0]
+        done, k = ev.done, self.cfg.k
         first, total = ev.early or (0, None)
+        end = min(first + _CHUNK, k)   # the next chunk: nothing to do until it is all in
+        if first == k or not (done[2 * first : 2 * end].all() if self.cfg.form == "central"
+                              else done[0] and done[1 + first : 1 + end].all()):
+            return
+        ready = done[0::2] & done[1::2] if self.cfg.form == "central" else done[1:] & done[0]
         waiting = np.flatnonzero(~ready[first:])
         stop = first + int(waiting[0]) if len(waiting) else len(ready)
         if stop < len(ready):

@@ -139,7 +139,10 @@ class Trainer:
             thetas = np.repeat(self.params[None], len(probes), axis=0)
             if param_rows:
                 thetas[param_rows] += sigma * signs * deltas
-        u = self.model.pre(thetas, x)
+        if param_rows:
+            u = self.model.pre(thetas, x)
+        else:   # every probe's θ is θ: the layers before the ring once (per probe alone)
+            u = np.repeat(self.model.pre(thetas[:1], x), len(probes), axis=0)
         input_rows = [i for i, p in enumerate(probes) if p.target == INPUTS]
         if input_rows:
             ks = [probes[i].k for i in input_rows]

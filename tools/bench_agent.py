@@ -86,7 +86,8 @@ class LatencyRing:
         await trio.sleep_until(self.free_at)
         self.forwards += 1
         z = np.asarray(u) @ self.mask
-        return z * z
+        z *= z
+        return z
 
 
 async def measure(latency_s: float, n: int, cfg, seconds: float) -> dict:
