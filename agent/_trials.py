@@ -95,7 +95,7 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
                 start += len(group)
         thetas[g], u = ready.pop(g)
         inputs[g] = u
-        if g == len(groups) - 1:
+        if g == min(len(groups), 2 * first) - 1:
             fed.set()
         return list(u)
 
@@ -131,9 +131,9 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
         trainer.estimator.tell_early(trainer.est_state, step, probes, ev)
 
     async def prefetch() -> None:
-        # Once every trial is prepared the loop only gathers results, and the thread
-        # competes least with it for the interpreter (the prepares that keep the
-        # devices fed, above all the step's first, which every device waits for).
+        # Not before every device has its first two trials: the thread would slow the
+        # step's first prepares, which every device waits for. Not much later either,
+        # or a large K's directions are not ready when the next step asks for them.
         await fed.wait()
         await prefetch_directions(trainer.estimator, trainer.est_state, step + 1,
                                   trainer.model.layout.dim)
