@@ -158,6 +158,11 @@ class Estimator:
             for k, row in zip(ks, block):
                 rows.setdefault(int(k), row)
 
+    def has_room(self, size: int, n: int) -> bool:
+        """Whether ``n`` more rows of ``size`` numbers fit in the memo."""
+        self.__dict__.setdefault("_memo", {})
+        return self._room(size) >= n
+
     def remembered(self, step: int, ks, size: int, stream: int) -> bool:
         rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
         return all(int(k) in rows for k in ks)

@@ -162,6 +162,8 @@ async def prefetch_directions(estimator, state, step: int, dim: int) -> None:
         chunk = ks[start : start + _AHEAD]
         if estimator.remembered(step, chunk, dim, PARAM_STREAM):
             continue
+        if not estimator.has_room(dim, len(chunk)):
+            return   # too large to keep: the step generates its rows where it needs them
         block = await trio.to_thread.run_sync(estimator.generate, step, chunk, dim, PARAM_STREAM,
                                               abandon_on_cancel=True)
         estimator.remember(step, chunk, dim, PARAM_STREAM, block)

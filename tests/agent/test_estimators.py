@@ -192,3 +192,21 @@ def test_rows_generated_ahead_in_a_thread_are_the_bits_of_directions():
     assert est.remembered(4, range(11), 333, 0)
     got = est.directions(4, list(range(11)), 333, 0)
     np.testing.assert_array_equal(got, directions(7, 4, range(11), 333, "gaussian"))
+
+
+def test_nothing_is_generated_ahead_that_the_memo_cannot_keep(monkeypatch):
+    import trio
+
+    import agent._estimators as estimators
+    from agent._trials import prefetch_directions
+
+    monkeypatch.setattr(estimators, "_MEMO_LIMIT", 5 * 333)   # room for five rows of 333
+    est = make_estimator(EstimatorConfig(name="pgt", k=11), seed=7)
+    generated = []
+    generate = est.generate
+    est.generate = lambda *a: generated.append(len(a[1])) or generate(*a)
+    trio.run(prefetch_directions, est, {}, 4, 333)
+    assert generated == [] and not est.remembered(4, [0], 333, 0)
+    monkeypatch.setattr(estimators, "_MEMO_LIMIT", 10 * 333)  # the first chunk of 8 fits, not the 3 after
+    trio.run(prefetch_directions, est, {}, 4, 333)
+    assert generated == [8] and est.remembered(4, range(8), 333, 0)
