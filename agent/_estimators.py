@@ -217,9 +217,17 @@ class PGT(Estimator):
     def ask(self, state, step):
         return _pairs(self.cfg.k, self.cfg.form)
 
-    def _coeffs(self, losses, probes, step) -> np.ndarray:
-        coeffs = _difference_coeffs(losses, probes, self.sigma(step), self.cfg.form).mean(axis=1)
-        return coeffs / len(coeffs)
+    def _coeffs(self, losses, probes, step, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """mean_b ΔL_kb / σ / K for k in [first, stop): each from its own rows only, so
+        that a part is the same to the bit as the same k's of the whole."""
+        k = self.cfg.k
+        stop = k if stop is None else stop
+        if self.cfg.form == "central":
+            part = losses[2 * first : 2 * stop]
+        else:
+            part = np.concatenate([losses[:1], losses[1 + first : 1 + stop]])
+        coeffs = _difference_coeffs(part, probes, self.sigma(step), self.cfg.form).mean(axis=1)
+        return coeffs / k
 
     def tell(self, state, step, probes, ev):
         first, total = getattr(ev, "early", None) or (0, None)
@@ -230,8 +238,8 @@ class PGT(Estimator):
     def tell_early(self, state, step, probes, ev):
         """Sum the directions whose pairs are in, whole chunks in order, as ``tell`` would.
 
-        Each coefficient is taken from the same arrays ``tell`` computes at the end
-        (probes not yet in hold zeros), so every summed chunk is ``tell``'s to the bit.
+        Each coefficient comes from its own probes' losses by the same operations as
+        in ``tell``, so every summed chunk is ``tell``'s to the bit.
         """
         done, k = ev.done, self.cfg.k
         first, total = ev.early or (0, None)
@@ -246,7 +254,7 @@ class PGT(Estimator):
             stop -= (stop - first) % _CHUNK   # whole chunks only, except the last
         if stop == first or not self.remembered(step, range(first, stop), ev.dim, PARAM_STREAM):
             return
-        coeffs = self._coeffs(ev.losses, probes, step)[first:stop]
+        coeffs = self._coeffs(ev.losses, probes, step, first, stop)
         ev.early = stop, self.accumulate(step, coeffs, ev.dim, PARAM_STREAM, first=first,
                                           total=total)
 

@@ -71,7 +71,7 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
     from agent._trainer import _Evaluation   # the trainer imports this module lazily
 
     groups, upcoming = _plan(probes)
-    losses = np.zeros((len(probes), len(x)))   # zeros until in: see Estimator.tell_early
+    losses = np.zeros((len(probes), len(x)))   # filled as the trials land (ev.done)
     thetas: dict[int, np.ndarray] = {}
     inputs: dict[int, np.ndarray] = {}
     ev = _Evaluation(losses, len(x), trainer.reservoir.info.n_inputs, trainer.model.layout.dim,
