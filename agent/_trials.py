@@ -13,8 +13,14 @@ which may run on another device; use the central form on devices that differ.
 ``prefetch`` trials per device ahead; ``finish`` (the layers after it, the loss) runs
 as each result arrives, so both overlap the devices' work. The digital layers are
 NumPy and short (tens of microseconds a probe for the default model), so they run
-on the loop itself; a CuPy port would launch them asynchronously and await the
-stream with ``trio.to_thread`` rather than block the loop.
+on the loop itself: in a thread they would hold the interpreter lock against the
+loop that feeds the devices, which costs the devices more than it saves.
+
+What would otherwise wait for the step's end, when every device is idle, is done
+during the step: ``finish`` hands the losses that have landed to the estimator's
+``tell_early`` (``pgt`` sums each chunk of directions as soon as its pairs are in),
+and the next step's parameter directions are generated in a worker thread (NumPy
+releases the lock for most of that work) once every device has its first trials.
 """
 
 from __future__ import annotations
