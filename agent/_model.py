@@ -96,8 +96,12 @@ class DenseRingModel:
 
     def post(self, theta, feats, y):
         """Per-sample losses (P, B) and softmax probabilities from features (P, B, F)."""
+        return self.post_scaled(theta, feats / self.feature_scale, y)
+
+    def post_scaled(self, theta, scaled, y):
+        """``post`` of features already divided by ``feature_scale``."""
         p = self._unpack(theta, ("w2", "b2"))
-        logits = batched_dense_forward(feats / self.feature_scale, p["w2"], p["b2"])
+        logits = batched_dense_forward(scaled, p["w2"], p["b2"])
         return softmax_cross_entropy(logits, y)
 
     def post_backward(self, theta, feats, probs, y):

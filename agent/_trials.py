@@ -119,12 +119,16 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
         shape = features[0].shape
         if any(f.shape != shape for f in features):
             np.stack(features)   # raises, naming the shapes
-        feats = np.empty((len(features),) + shape, dtype=np.result_type(*features))
-        for j, f in enumerate(features):   # np.stack, without its overhead
-            feats[j] = f
         th = thetas.pop(items[0][0]) if len(items) == 1 else np.concatenate(
             [thetas.pop(g) for g, _ in items])
-        group_losses, probs = trainer.model.post(th, feats, y)
+        if together:   # stacked and divided by the feature scale in one pass
+            scaled = np.empty((len(features),) + shape,
+                              dtype=np.result_type(*features, trainer.model.feature_scale))
+            for j, f in enumerate(features):
+                np.divide(f, trainer.model.feature_scale, out=scaled[j])
+            group_losses, probs = trainer.model.post_scaled(th, scaled, y)
+        else:
+            group_losses, probs = trainer.model.post(th, np.stack(features), y)
         j = 0
         for g, _ in items:
             u = inputs.pop(g)
@@ -132,7 +136,7 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
                 losses[i] = group_losses[j]
                 ev.done[i] = True
                 if probes[i].target == NONE and ev.u is None:
-                    ev.u, ev.feats, ev.probs = u[row], feats[j], probs[j]
+                    ev.u, ev.feats, ev.probs = u[row], np.asarray(features[j]), probs[j]
                 j += 1
         trainer.estimator.tell_early(trainer.est_state, step, probes, ev)
 
