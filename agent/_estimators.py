@@ -68,19 +68,14 @@ _SPSA_PAIR = (Probe(0, 1.0, PARAMS), Probe(0, -1.0, PARAMS))
 
 
 @functools.lru_cache(maxsize=16)
-def _pairs(k: int, form: str) -> tuple[Probe, ...]:
-    """Every parameter probe of a step; the same (immutable) tuple every step."""
+def _probes(k: int, form: str, target: str) -> tuple[Probe, ...]:
+    """A step's probes of ``target``, the same (immutable) tuple every step: central
+    pairs (after the clean pass for INPUTS, whose backward needs it), or the clean
+    pass and one probe per direction."""
     if form == "central":
-        return tuple(Probe(i, s, PARAMS) for i in range(k) for s in (1.0, -1.0))
-    return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, 1.0, PARAMS) for i in range(k))
-
-
-@functools.lru_cache(maxsize=16)
-def _input_probes(k: int, form: str) -> tuple[Probe, ...]:
-    """The clean pass, then every input probe of a step (the same tuple every step)."""
-    if form == "central":
-        return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, s, INPUTS) for i in range(k) for s in (1.0, -1.0))
-    return (Probe(-1, 0.0, NONE),) + tuple(Probe(i, 1.0, INPUTS) for i in range(k))
+        pairs = tuple(Probe(i, s, target) for i in range(k) for s in (1.0, -1.0))
+        return _CLEAN + pairs if target == INPUTS else pairs
+    return _CLEAN + tuple(Probe(i, 1.0, target) for i in range(k))
 
 
 class Estimator:
@@ -152,9 +147,8 @@ class Estimator:
     def remember(self, step: int, ks, size: int, stream: int, block: np.ndarray) -> None:
         """Keep rows generated ahead of time (``generate``, often for the next step) for
         ``directions`` and ``accumulate``, where there is room; rows already kept stay."""
-        memo = self.__dict__.setdefault("_memo", {})
-        rows = memo.setdefault(step, {}).setdefault((stream, size), {})
-        if self._room(size) >= len(ks):
+        if self.has_room(size, len(ks)):
+            rows = self.__dict__["_memo"].setdefault(step, {}).setdefault((stream, size), {})
             for k, row in zip(ks, block):
                 rows.setdefault(int(k), row)
 
@@ -171,9 +165,9 @@ class Estimator:
                    total=None):
         """Σ_k coeffs[k] δ_k (kernels.accumulate, also its ``first`` and ``total``),
         from this step's remembered rows if any."""
-        rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size))
-        if rows is None or not self.remembered(step, range(first, first + len(coeffs)), size, stream):
-            rows = None   # not all remembered: regenerate, to the same bits
+        rows = None   # not all remembered: regenerate, to the same bits
+        if self.remembered(step, range(first, first + len(coeffs)), size, stream):
+            rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size))
         return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream,
                           chunk=_CHUNK, rows=rows, first=first, total=total)
 
@@ -215,7 +209,7 @@ class PGT(Estimator):
     name = "pgt"
 
     def ask(self, state, step):
-        return _pairs(self.cfg.k, self.cfg.form)
+        return _probes(self.cfg.k, self.cfg.form, PARAMS)
 
     def _coeffs(self, losses, probes, step, first: int = 0, stop: int | None = None) -> np.ndarray:
         """mean_b ΔL_kb / σ / K for k in [first, stop): each from its own rows only, so
@@ -235,23 +229,22 @@ class PGT(Estimator):
         grad = self.accumulate(step, coeffs[first:], ev.dim, PARAM_STREAM, first=first, total=total)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}
 
+    def _landed(self, done, first: int, stop: int) -> bool:
+        """Whether the losses of directions [first, stop) are all in."""
+        if self.cfg.form == "central":
+            return bool(done[2 * first : 2 * stop].all())
+        return bool(done[0] and done[1 + first : 1 + stop].all())
+
     def tell_early(self, state, step, probes, ev):
         """Sum the directions whose pairs are in, whole chunks in order, as ``tell`` would.
 
         Each coefficient comes from its own probes' losses by the same operations as
         in ``tell``, so every summed chunk is ``tell``'s to the bit.
         """
-        done, k = ev.done, self.cfg.k
         first, total = ev.early or (0, None)
-        end = min(first + _CHUNK, k)   # the next chunk: nothing to do until it is all in
-        if first == k or not (done[2 * first : 2 * end].all() if self.cfg.form == "central"
-                              else done[0] and done[1 + first : 1 + end].all()):
-            return
-        ready = done[0::2] & done[1::2] if self.cfg.form == "central" else done[1:] & done[0]
-        waiting = np.flatnonzero(~ready[first:])
-        stop = first + int(waiting[0]) if len(waiting) else len(ready)
-        if stop < len(ready):
-            stop -= (stop - first) % _CHUNK   # whole chunks only, except the last
+        stop = first   # through whole chunks in order, as far as they have all landed
+        while stop < self.cfg.k and self._landed(ev.done, stop, min(stop + _CHUNK, self.cfg.k)):
+            stop = min(stop + _CHUNK, self.cfg.k)
         if stop == first or not self.remembered(step, range(first, stop), ev.dim, PARAM_STREAM):
             return
         coeffs = self._coeffs(ev.losses, probes, step, first, stop)
@@ -290,7 +283,7 @@ class Interface(Estimator):
     name = "interface"
 
     def ask(self, state, step):
-        return _input_probes(self.cfg.k, self.cfg.form)
+        return _probes(self.cfg.k, self.cfg.form, INPUTS)
 
     def tell(self, state, step, probes, ev):
         sigma = self.sigma(step)
