@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,5 +101,12 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """
     per_epoch = max(1, n // batch_size)
     epoch, position = divmod(step, per_epoch)
+    return _epoch_order(n, seed, epoch)[position * batch_size : (position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of one epoch (read-only: kept for the epoch's steps)."""
     order = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
-    return order[position * batch_size : (position + 1) * batch_size]
+    order.setflags(write=False)
+    return order

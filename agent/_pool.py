@@ -117,23 +117,29 @@ class DevicePool:
 
     # -- the caller's side ----------------------------------------------------------
 
-    async def map_trials(self, n: int, prepare: Callable[[int], list[np.ndarray]],
+    async def map_trials(self, n: int, prepare: Callable[[int], list[np.ndarray]] | None = None,
                          finish: Callable[[int, list[np.ndarray]], None] | None = None, *,
+                         prepare_many: Callable[[int], list[list[np.ndarray]]] | None = None,
                          finish_many: Callable[[list[tuple[int, list[np.ndarray]]]], None]
                          | None = None) -> None:
         """Run trials 0..n-1 across the devices; see the module docstring.
 
         ``prepare(i)`` returns the input batches of trial i (each (B, n_inputs));
         ``finish(i, features)`` gets their features in the same order, once per trial.
+        ``prepare_many(i)`` instead returns the input batches of trials i, i+1, ... (one
+        or more), all handed to the devices before the host prepares more: a step's
+        first trials, one per device, prepared in one pass, start together.
         ``finish_many`` instead gets every result that has arrived, as [(i, features)],
         so that the host's work after the ring runs once for several trials (the last
         trials of a batch end nearly together, and each would wait for the others').
         """
+        if prepare_many is None:
+            prepare_many = lambda i: [prepare(i)]   # noqa: E731
         results_tx, results_rx = trio.open_memory_channel[tuple](math.inf)
         batch, slots = _Batch(results_tx), trio.Semaphore(self.depth)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._feed, n, prepare, batch, slots)
+                nursery.start_soon(self._feed, n, prepare_many, batch, slots)
                 left = n
                 while left:
                     done = [await self._next_result(results_rx)]
@@ -173,12 +179,26 @@ class DevicePool:
                 trial.finished = True
                 more.append((trial, features))
 
-    async def _feed(self, n: int, prepare, batch: _Batch, slots: trio.Semaphore) -> None:
-        for i in range(n):
-            await slots.acquire()
-            inputs = [np.asarray(u) for u in prepare(i)]
-            self._next_id += 1
-            await self._tx.send(_Trial(self._next_id, i, inputs, batch))
+    async def _feed(self, n: int, prepare_many, batch: _Batch, slots: trio.Semaphore) -> None:
+        i = 0
+        while i < n:
+            await _acquire(slots)   # a slot for trial i before it is prepared
+            for j, trial_inputs in enumerate(prepare_many(i)):
+                if j:
+                    await _acquire(slots)
+                self._next_id += 1
+                inputs = [np.asarray(u) for u in trial_inputs]
+                trial = _Trial(self._next_id, i, inputs, batch)
+                try:
+                    self._tx.send_nowait(trial)   # room for every slot: see __init__
+                except trio.WouldBlock:           # several map_trials at once
+                    await self._tx.send(trial)
+                i += 1
+            # The workers handed a trial now start their devices before the host's
+            # next prepare: two checkpoints, since trio may run this task first in
+            # the next round of the scheduler.
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
 
     async def forward(self, u) -> np.ndarray:
         """Features of every row of ``u``, its chunks spread over the devices."""
@@ -320,6 +340,14 @@ class DevicePool:
             loader = getattr(device, "load_state_dict", None)
             if mine and loader is not None:
                 loader(mine)
+
+
+async def _acquire(slots: trio.Semaphore) -> None:
+    """``slots.acquire()`` that lets other tasks run only when it has to wait."""
+    try:
+        slots.acquire_nowait()
+    except trio.WouldBlock:
+        await slots.acquire()
 
 
 @contextlib.asynccontextmanager

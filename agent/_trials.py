@@ -85,25 +85,23 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
                      done=np.zeros(len(probes), dtype=bool))
 
     # The first prepare of a step makes one trial for every device in one pass (each
-    # probe's inputs are computed alone, row by row, whatever the batch): every device
-    # then starts soon after the step does, rather than one prepare after another.
+    # probe's inputs are computed alone, row by row, whatever the batch), and the pool
+    # hands them out together: every device starts soon after the step does, rather
+    # than one prepare after another. Later prepares make two trials at a time.
     first = max(1, len(getattr(trainer.reservoir, "devices", ())))
-    ready: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def prepare(g: int) -> list[np.ndarray]:
-        if g not in ready:
-            batch = groups[g : g + (first if g == 0 else 2)]
-            rows = [i for group in batch for i in group]
-            th, u = trainer._probe_inputs([probes[i] for i in rows], x, sigma, step, upcoming)
-            start = 0
-            for h, group in enumerate(batch, start=g):
-                ready[h] = th[start : start + len(group)], u[start : start + len(group)]
-                start += len(group)
-        thetas[g], u = ready.pop(g)
-        inputs[g] = u
-        if g == min(len(groups), 2 * first) - 1:
+    def prepare(g: int) -> list[list[np.ndarray]]:
+        batch = groups[g : g + (first if g == 0 else 2)]
+        rows = [i for group in batch for i in group]
+        th, u = trainer._probe_inputs([probes[i] for i in rows], x, sigma, step, upcoming)
+        trials, start = [], 0
+        for h, group in enumerate(batch, start=g):
+            thetas[h], inputs[h] = th[start : start + len(group)], u[start : start + len(group)]
+            trials.append(list(inputs[h]))
+            start += len(group)
+        if g + len(batch) >= min(len(groups), 2 * first):
             fed.set()
-        return list(u)
+        return trials
 
     # The dense model's layers after the ring work probe by probe (a matrix product
     # per probe, reductions along each sample's classes), so one pass over several
@@ -152,7 +150,8 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(prefetch)
-        await trainer.reservoir.map_trials(len(groups), prepare, finish_many=finish)
+        await trainer.reservoir.map_trials(len(groups), prepare_many=prepare,
+                                            finish_many=finish)
         nursery.cancel_scope.cancel()   # a chunk still in its thread finishes there, unused
     trainer._ring_wait_s += trio.current_time() - t0
     trainer.ring_evals += len(probes) * len(x)

@@ -28,7 +28,10 @@ def batched_dense_forward(x, w, b):
     """One dense layer per probe: x (P, B, n_in) or (B, n_in), w (P, n_in, n_out), b (P, n_out)."""
     xp = array_module(w)
     if x.ndim == 2:
-        out = xp.einsum("bi,pio->pbo", x, w)
+        # NumPy's einsum sums over i in order, unfused, whatever the layout; with w as
+        # (i, p, o) in memory its inner loop runs along (p, o), several times faster
+        # than along i, and every output keeps its bits.
+        out = xp.einsum("bi,ipo->pbo", x, xp.ascontiguousarray(w.transpose(1, 0, 2)))
     else:
         out = xp.matmul(x, w)
     return out + b[:, None, :]
