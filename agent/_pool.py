@@ -2,12 +2,12 @@
 
 ``open_pool(urls)`` opens every device (any mix of sim://, serial://, socket://,
 emu://), checks that they agree on ``n_inputs`` and ``n_features``, and starts one
-worker task per device. ``DevicePool.map_trials(n, prepare, finish)`` runs n trials:
-a feeder task calls ``prepare(i)`` (the host's work before the ring: a list of
-input batches that must all run on one device, e.g. the two halves of a central
-difference) and puts trial i on the shared channel; each worker takes the next
-trial as soon as its device is free (``in_flight`` workers per device, so that the
-next request already waits at the device when the current one ends and a device
+worker task per device. ``DevicePool.map_trials(n, prepare, finish)`` runs n trials
+in the calling task: it calls ``prepare(i)`` (the host's work before the ring: a
+list of input batches that must all run on one device, e.g. the two halves of a
+central difference) and puts trial i on the shared channel; each worker takes the
+next trial as soon as its device is free (``in_flight`` workers per device, so that
+the next request already waits at the device when the current one ends and a device
 never idles while the host's loop is busy); the calling task runs ``finish(i, features)``
 (the work after the ring) as results arrive, gathered by trial id. At most
 ``prefetch`` trials per device are prepared ahead, so a device never waits for the
@@ -136,24 +136,38 @@ class DevicePool:
         if prepare_many is None:
             prepare_many = lambda i: [prepare(i)]   # noqa: E731
         results_tx, results_rx = trio.open_memory_channel[tuple](math.inf)
-        batch, slots = _Batch(results_tx), trio.Semaphore(self.depth)
+        batch = _Batch(results_tx)
+        sent = finished = 0
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._feed, n, prepare_many, batch, slots)
-                left = n
-                while left:
-                    done = [await self._next_result(results_rx)]
-                    if finish_many is not None:
-                        done += self._more_results(results_rx)
-                    for trial, _ in done:
-                        trial.finished = True
-                    if finish_many is not None:
-                        finish_many([(trial.index, features) for trial, features in done])
-                    else:
-                        finish(done[0][0].index, done[0][1])
-                    for _ in done:
-                        slots.release()
-                    left -= len(done)
+            while finished < n:
+                # The host prepares while fewer than ``depth`` trials are out (the
+                # prepared ones wait on the channel for a free device), then waits for
+                # results; a finished trial frees room for the next. One task does both,
+                # so a result never waits for a feeder task to be scheduled, or the reverse.
+                while sent < n and sent - finished < self.depth:
+                    waiting = self._rx.statistics().tasks_waiting_receive
+                    for trial_inputs in prepare_many(sent):
+                        self._next_id += 1
+                        trial = _Trial(self._next_id, sent, [np.asarray(u) for u in trial_inputs], batch)
+                        try:
+                            self._tx.send_nowait(trial)   # room for every slot: see __init__
+                        except trio.WouldBlock:           # several map_trials at once
+                            await self._tx.send(trial)
+                        sent += 1
+                    # Workers handed a trial start their devices before the host's next
+                    # prepare: two checkpoints, since trio may run this task first in the
+                    # next round of the scheduler. One, at least, for the other tasks.
+                    await trio.lowlevel.checkpoint()
+                    if waiting:
+                        await trio.lowlevel.checkpoint()
+                done = [await self._next_result(results_rx)]
+                if finish_many is not None:
+                    done += self._more_results(results_rx)
+                if finish_many is not None:
+                    finish_many([(trial.index, features) for trial, features in done])
+                else:
+                    finish(done[0][0].index, done[0][1])
+                finished += len(done)
         finally:
             batch.closed = True
 
@@ -178,27 +192,6 @@ class DevicePool:
             else:
                 trial.finished = True
                 more.append((trial, features))
-
-    async def _feed(self, n: int, prepare_many, batch: _Batch, slots: trio.Semaphore) -> None:
-        i = 0
-        while i < n:
-            await _acquire(slots)   # a slot for trial i before it is prepared
-            for j, trial_inputs in enumerate(prepare_many(i)):
-                if j:
-                    await _acquire(slots)
-                self._next_id += 1
-                inputs = [np.asarray(u) for u in trial_inputs]
-                trial = _Trial(self._next_id, i, inputs, batch)
-                try:
-                    self._tx.send_nowait(trial)   # room for every slot: see __init__
-                except trio.WouldBlock:           # several map_trials at once
-                    await self._tx.send(trial)
-                i += 1
-            # The workers handed a trial now start their devices before the host's
-            # next prepare: two checkpoints, since trio may run this task first in
-            # the next round of the scheduler.
-            await trio.lowlevel.checkpoint()
-            await trio.lowlevel.checkpoint()
 
     async def forward(self, u) -> np.ndarray:
         """Features of every row of ``u``, its chunks spread over the devices."""
@@ -340,14 +333,6 @@ class DevicePool:
             loader = getattr(device, "load_state_dict", None)
             if mine and loader is not None:
                 loader(mine)
-
-
-async def _acquire(slots: trio.Semaphore) -> None:
-    """``slots.acquire()`` that lets other tasks run only when it has to wait."""
-    try:
-        slots.acquire_nowait()
-    except trio.WouldBlock:
-        await slots.acquire()
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ every trial's inputs and arithmetic are the same whichever device runs it, and t
 losses land in probe order. One-sided forms compare every probe with the clean pass,
 which may run on another device; use the central form on devices that differ.
 
-``prepare`` (the layers before the ring) runs in the pool's feeder task up to
-``prefetch`` trials per device ahead; ``finish`` (the layers after it, the loss) runs
+``prepare`` (the layers before the ring) runs up to ``prefetch`` trials per device
+ahead of the devices; ``finish`` (the layers after it, the loss) runs
 as each result arrives, so both overlap the devices' work. The digital layers are
 NumPy and short (tens of microseconds a probe for the default model), so they run
 on the loop itself: in a thread they would hold the interpreter lock against the
