@@ -198,15 +198,17 @@ def test_nothing_is_generated_ahead_that_the_memo_cannot_keep(monkeypatch):
     import trio
 
     import agent._estimators as estimators
-    from agent._trials import prefetch_directions
+    from agent._trials import _PREFETCH, prefetch_directions
 
     monkeypatch.setattr(estimators, "_MEMO_LIMIT", 5 * 333)   # room for five rows of 333
-    est = make_estimator(EstimatorConfig(name="pgt", k=11), seed=7)
+    est = make_estimator(EstimatorConfig(name="pgt", k=_PREFETCH + 3), seed=7)
     generated = []
     generate = est.generate
     est.generate = lambda *a: generated.append(len(a[1])) or generate(*a)
     trio.run(prefetch_directions, est, {}, 4, 333)
     assert generated == [] and not est.remembered(4, [0], 333, 0)
-    monkeypatch.setattr(estimators, "_MEMO_LIMIT", 10 * 333)  # the first chunk of 8 fits, not the 3 after
+    # the first chunk fits, not the 3 rows after it
+    monkeypatch.setattr(estimators, "_MEMO_LIMIT", (_PREFETCH + 2) * 333)
     trio.run(prefetch_directions, est, {}, 4, 333)
-    assert generated == [8] and est.remembered(4, range(8), 333, 0)
+    assert generated == [_PREFETCH] and est.remembered(4, range(_PREFETCH), 333, 0)
+    assert not est.remembered(4, [_PREFETCH], 333, 0)
