@@ -109,6 +109,10 @@ class DevicePool:
         # Room for every prepared trial plus one re-dispatch per worker: never full.
         self._tx, self._rx = trio.open_memory_channel[_Trial](2 * self.depth + in_flight * len(devices))
         self.stats = [DeviceStats(n) for n in names]
+        # One worker of a device at a time waits on the channel, so that trials go out one
+        # per idle device first: the next trial goes to another device's worker before
+        # it queues behind a device that already has one.
+        self._turns = [trio.Lock() for _ in devices]
         self.health = DeviceHealth()
         self.late = 0          # results that arrived for an already-finished trial
         self.redispatched = 0
@@ -148,7 +152,8 @@ class DevicePool:
                     waiting = self._rx.statistics().tasks_waiting_receive
                     for trial_inputs in prepare_many(sent):
                         self._next_id += 1
-                        trial = _Trial(self._next_id, sent, [np.asarray(u) for u in trial_inputs], batch)
+                        inputs = [np.asarray(u) for u in trial_inputs]
+                        trial = _Trial(self._next_id, sent, inputs, batch)
                         try:
                             self._tx.send_nowait(trial)   # room for every slot: see __init__
                         except trio.WouldBlock:           # several map_trials at once
@@ -163,7 +168,6 @@ class DevicePool:
                 done = [await self._next_result(results_rx)]
                 if finish_many is not None:
                     done += self._more_results(results_rx)
-                if finish_many is not None:
                     finish_many([(trial.index, features) for trial, features in done])
                 else:
                     finish(done[0][0].index, done[0][1])
@@ -226,7 +230,15 @@ class DevicePool:
                 await health.wait_until(quarantined=False)
             if stats.benched_until > trio.current_time():
                 await trio.sleep_until(stats.benched_until)
-            trial = await self._rx.receive()
+            turn = self._turns[i]
+            try:
+                turn.acquire_nowait()
+            except trio.WouldBlock:
+                await turn.acquire()
+            try:
+                trial = await self._rx.receive()
+            finally:
+                turn.release()
             if trial.batch.closed or trial.finished:
                 continue
             if stats.benched_until > trio.current_time():   # benched while this worker waited

@@ -150,15 +150,17 @@ async def test_a_straggler_does_not_hold_a_step_beyond_its_deadline(autojump_clo
 
 
 async def test_a_device_that_dies_mid_run_leaves_the_run_going_on_the_others(autojump_clock):
-    cfg = load_config(None, ["estimator.k=3", "train.steps=10"])
+    # Long enough for the dead device, benched 0.05 s after each failure, to fail 3 times
+    # whichever trials it happens to be handed.
+    cfg = load_config(None, ["estimator.k=3", "train.steps=30"])
     urls = ["slow://?delay=0.01", "slow://?delay=0.01&dead_from=5", "slow://?delay=0.01"]
     with capture_logs() as logs:
-        trainer, pool = await _train(cfg, urls, 10, cooldown_s=0.05, quarantine_after=3)
-    assert trainer.step == 10 and np.isfinite(trainer.params).all()
+        trainer, pool = await _train(cfg, urls, 30, cooldown_s=0.05, quarantine_after=3)
+    assert trainer.step == 30 and np.isfinite(trainer.params).all()
     assert pool.stats[1].quarantined and not pool.health.quarantined
     events = [e["event"] for e in logs]
     assert events.count("device_quarantined") == 1
-    assert sum(s.trials for s in pool.stats) == 10 * 4
+    assert sum(s.trials for s in pool.stats) == 30 * 4
 
 
 async def test_the_pool_is_unhealthy_while_every_device_is_down_and_recovers(autojump_clock):
@@ -182,6 +184,41 @@ async def test_the_pool_is_unhealthy_while_every_device_is_down_and_recovers(aut
     assert [s for s, _ in seen] == ["down", "up"] and seen[1][1] >= 30
     events = [e["event"] for e in logs]
     assert events.count("device_quarantined") == 2 and events.count("device_recovered") >= 1
+
+
+async def test_a_batch_of_first_trials_is_on_every_device_before_the_host_prepares_more(
+        autojump_clock):
+    n_devices, n_trials = 4, 12
+    async with open_pool(["slow://?delay=0.01"] * n_devices, open_reservoir=slow_reservoir) as pool:
+        u = np.zeros((3, pool.info.n_inputs))
+        calls_when_asked, finished = [], []
+
+        def prepare_many(i):
+            calls_when_asked.append([d.calls for d in pool.devices])
+            return [[u]] * (n_devices if i == 0 else 2)
+
+        await pool.map_trials(n_trials, prepare_many=prepare_many,
+                              finish_many=lambda items: finished.extend(i for i, _ in items))
+    # Asked for trials 0-3 first; before it was asked for more, each device had one.
+    assert calls_when_asked[0] == [0] * n_devices
+    assert calls_when_asked[1] == [1] * n_devices
+    assert sorted(finished) == list(range(n_trials))
+    assert sum(s.trials for s in pool.stats) == n_trials
+
+
+async def test_an_error_while_preparing_comes_out_as_itself_and_the_pool_goes_on(autojump_clock):
+    async with open_pool(["slow://?delay=0.01"] * 2, open_reservoir=slow_reservoir) as pool:
+        u = np.zeros((3, pool.info.n_inputs))
+
+        def prepare(i):
+            if i == 3:
+                raise ValueError("trial 3: inputs have the wrong shape")
+            return [u]
+
+        with pytest.raises(ValueError, match="trial 3"):
+            await pool.map_trials(6, prepare, lambda i, features: None)
+        out = await pool.forward(np.zeros((8, pool.info.n_inputs)))
+    assert out.shape == (8, pool.info.n_features)
 
 
 async def test_devices_that_disagree_on_sizes_are_refused():
