@@ -2,13 +2,17 @@
 
 On ``device="gpu"`` the ring runs on CuPy (the fused one-launch kernel of
 kernels/_fused.py unless ``fused=False``) and ``forward`` hands back host NumPy
-features, so the agent's NumPy code is the same for both devices. The trainer's
-digital layers, directions and accumulation stay on the CPU for now.
+features, so the agent's NumPy code is the same for both devices. The kernels are
+launched asynchronously; ``forward`` then waits for them in a worker thread (a CUDA
+event, without the interpreter lock), so the trio loop goes on feeding other rings
+and finishing their results while the GPU works. The trainer's digital layers,
+directions and accumulation stay on the CPU for now.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import trio
 
 from backends._protocol import ReservoirInfo, check_inputs
 from kernels import (
@@ -20,6 +24,14 @@ from kernels import (
     ring_forward,
     to_numpy,
 )
+
+
+async def gpu_work_done(cupy) -> None:
+    """Wait, without blocking the trio loop, for the work queued so far on CuPy's
+    current stream: a CUDA event recorded now, synchronized in a worker thread."""
+    event = cupy.cuda.get_current_stream().record()
+    if not event.done:
+        await trio.to_thread.run_sync(event.synchronize, abandon_on_cancel=True)
 
 
 class SimRing:
@@ -49,6 +61,8 @@ class SimRing:
         run = fused_ring_forward if self.fused else ring_forward
         feats = run(self.params, u, tick=self.tick, seed=self.seed)
         self.tick += 1
+        if self.xp is not np:
+            await gpu_work_done(self.xp)
         return to_numpy(feats.reshape(u.shape[0], -1))
 
     def vjp(self, u, grad_features) -> np.ndarray:

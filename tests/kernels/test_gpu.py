@@ -158,3 +158,31 @@ def test_sim_ring_on_the_gpu_returns_host_features_equal_to_the_cpu(cp, fused):
     grad = np.random.default_rng(5).normal(size=expected.shape)
     vjp = gpu.vjp(u, grad)
     assert type(vjp) is np.ndarray and rel_err(vjp, cpu.vjp(u, grad)) < 1e-10
+
+
+async def test_waiting_for_the_gpu_leaves_the_trio_loop_free(cp):
+    # Queue a few tens of milliseconds of GPU work; a task ticking every millisecond
+    # keeps ticking while gpu_work_done waits for it, and the work is done after.
+    from backends._sim import gpu_work_done
+
+    a = cp.random.default_rng(0).random((4096, 4096))
+    (a @ a).sum().item()   # warm up the library
+    ticks = []
+
+    async def tick():
+        while True:
+            ticks.append(trio.current_time())
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        await trio.sleep(0.005)
+        t0 = trio.current_time()
+        for _ in range(40):
+            b = a @ a
+        await gpu_work_done(cp)
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert cp.cuda.get_current_stream().done and b.shape == (4096, 4096)
+    during = [t for t in ticks if t0 < t < t0 + took]
+    assert took > 0.005 and len(during) >= 0.3 * took / 0.001, (took, len(during))
