@@ -159,9 +159,8 @@ async def evaluate_pooled(trainer, probes, x, y, sigma, step):
 
 
 # Rows per call in the thread: each NumPy call in it takes the interpreter lock back from
-# the loop, so fewer, larger calls cost the loop less (at 8 rows a call, the loop
-# prepared and finished about a fifth fewer probes a second); and small enough that a
-# short step still gets most of its rows ready before it starts.
+# the loop, so fewer, larger calls cost the loop less; and small enough that a short
+# step still gets most of its rows ready before it starts.
 _PREFETCH = 32
 
 

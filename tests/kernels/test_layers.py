@@ -44,6 +44,21 @@ def test_batched_dense_equals_one_layer_per_probe(rng):
     np.testing.assert_allclose(stacked, out)
 
 
+@pytest.mark.parametrize("probes", [1, 2, 4, 16, 33])
+def test_batched_dense_of_one_input_is_each_probes_sum_in_order_to_the_bit(rng, probes):
+    # The first layer's bits, which every recorded run depends on: for each output, the
+    # products x[b, i] w[p, i, o] added in order of i, each rounded (no fused
+    # multiply-add), as NumPy's einsum does in any memory layout.
+    x, w, b = rng.normal(size=(32, 64)), rng.normal(size=(probes, 64, 16)), rng.normal(size=(probes, 16))
+    expected = np.zeros((probes, 32, 16))
+    for i in range(64):
+        expected += x[None, :, i, None] * w[:, None, i, :]
+    expected += b[:, None, :]
+    assert np.array_equal(batched_dense_forward(x, w, b), expected)
+    assert np.array_equal(batched_dense_forward(x, w, b),
+                          np.einsum("bi,pio->pbo", x, w) + b[:, None, :])
+
+
 def test_tanh_backward_matches_finite_differences(rng):
     x = rng.normal(size=(4, 3))
     upstream = rng.normal(size=(4, 3))
