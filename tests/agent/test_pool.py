@@ -14,6 +14,7 @@ import urllib.parse
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from agent._config import ConfigError, load_config
@@ -190,6 +191,7 @@ async def test_a_batch_of_first_trials_is_on_every_device_before_the_host_prepar
         autojump_clock):
     n_devices, n_trials = 4, 12
     async with open_pool(["slow://?delay=0.01"] * n_devices, open_reservoir=slow_reservoir) as pool:
+        await trio.testing.wait_all_tasks_blocked()   # the workers wait for trials, as in a run
         u = np.zeros((3, pool.info.n_inputs))
         calls_when_asked, finished = [], []
 
