@@ -1,11 +1,13 @@
 """Are the rings kept busy? Duty cycle of N devices of latency L under real training.
 
     python tools/bench_agent.py [--latencies-ms 1 5 20] [--devices 1 2 4 8]
-                                [--k-per-device 16 | --k K] [--seconds 3] [--json FILE]
+                                [--k-per-device 16 | --k K] [--seconds 10] [--json FILE]
 
 For each (L, N) it trains the default model (digits, dense -> ring -> dense, batch 32)
 with ``pgt`` (central pairs) through a DevicePool of N in-process devices and
-measures, over a fixed stretch of wall time after one warm-up step:
+measures, over a fixed stretch of wall time after one warm-up step (10 s by default,
+some 60 steps at L = 5 ms: a duty cycle is a long-run figure, and on a shared machine
+a few seconds' window swings with every pause of the host):
 
 - duty cycle of each device: the time it spent evaluating (L per forward) over the
   wall time; the table shows the lowest of the N;
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     scale.add_argument("--k-per-device", type=int, default=16,
                        help="K = this times the number of devices (default 16)")
     scale.add_argument("--k", type=int, help="a fixed K for every number of devices")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured wall time per row")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured wall time per row")
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
     args = parser.parse_args(argv)
     rows, batch = [], load_config(None, []).data.batch_size
