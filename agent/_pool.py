@@ -150,7 +150,11 @@ class DevicePool:
                 # so a result never waits for a feeder task to be scheduled, or the reverse.
                 while sent < n and sent - finished < self.depth:
                     waiting = self._rx.statistics().tasks_waiting_receive
-                    for trial_inputs in prepare_many(sent):
+                    batch_inputs = prepare_many(sent)
+                    if not 0 < len(batch_inputs) <= n - sent:
+                        raise ValueError(f"preparing trial {sent} of {n} gave {len(batch_inputs)} "
+                                         f"trials (expected 1 to {n - sent})")
+                    for trial_inputs in batch_inputs:
                         self._next_id += 1
                         inputs = [np.asarray(u) for u in trial_inputs]
                         trial = _Trial(self._next_id, sent, inputs, batch)

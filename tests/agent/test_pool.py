@@ -219,6 +219,10 @@ async def test_an_error_while_preparing_comes_out_as_itself_and_the_pool_goes_on
 
         with pytest.raises(ValueError, match="trial 3"):
             await pool.map_trials(6, prepare, lambda i, features: None)
+        for many in ([], [[u]] * 7):   # no trial, or more than are left
+            with pytest.raises(ValueError, match=f"gave {len(many)} trials"):
+                await pool.map_trials(6, prepare_many=lambda i, many=many: many,
+                                      finish_many=lambda items: None)
         out = await pool.forward(np.zeros((8, pool.info.n_inputs)))
     assert out.shape == (8, pool.info.n_features)
 
