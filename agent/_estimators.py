@@ -157,17 +157,21 @@ class Estimator:
         self.__dict__.setdefault("_memo", {})
         return self._room(size) >= n
 
+    def _kept(self, step: int, size: int, stream: int) -> dict:
+        """This step's remembered rows of ``stream`` and ``size``, {k: row} (may be empty)."""
+        return self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
+
     def remembered(self, step: int, ks, size: int, stream: int) -> bool:
-        rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size), {})
+        rows = self._kept(step, size, stream)
         return all(int(k) in rows for k in ks)
 
     def accumulate(self, step: int, coeffs, size: int, stream: int, *, first: int = 0,
                    total=None):
         """Σ_k coeffs[k] δ_k (kernels.accumulate, also its ``first`` and ``total``),
         from this step's remembered rows if any."""
-        rows = None   # not all remembered: regenerate, to the same bits
-        if self.remembered(step, range(first, first + len(coeffs)), size, stream):
-            rows = self.__dict__.get("_memo", {}).get(step, {}).get((stream, size))
+        rows = self._kept(step, size, stream)
+        if not all(k in rows for k in range(first, first + len(coeffs))):
+            rows = None   # not all remembered: regenerate, to the same bits
         return accumulate(self.seed, step, coeffs, size, self.distribution, stream=stream,
                           chunk=_CHUNK, rows=rows, first=first, total=total)
 
@@ -224,7 +228,7 @@ class PGT(Estimator):
         return coeffs / k
 
     def tell(self, state, step, probes, ev):
-        first, total = getattr(ev, "early", None) or (0, None)
+        first, total = ev.early or (0, None)
         coeffs = self._coeffs(ev.losses, probes, step)
         grad = self.accumulate(step, coeffs[first:], ev.dim, PARAM_STREAM, first=first, total=total)
         return grad, state, {"grad_norm": float(np.linalg.norm(grad))}

@@ -106,7 +106,8 @@ class DevicePool:
         self.cooldown_s, self.quarantine_after = cooldown_s, quarantine_after
         self.depth = (prefetch + in_flight) * len(devices)
         self.in_flight = in_flight
-        # Room for every prepared trial plus one re-dispatch per worker: never full.
+        # Room for the trials a map_trials has out (at most depth, plus the rest of its
+        # last batch) twice over, plus one re-dispatch per worker: never full.
         self._tx, self._rx = trio.open_memory_channel[_Trial](2 * self.depth + in_flight * len(devices))
         self.stats = [DeviceStats(n) for n in names]
         # One worker of a device at a time waits on the channel, so that trials go out one
@@ -159,7 +160,7 @@ class DevicePool:
                         inputs = [np.asarray(u) for u in trial_inputs]
                         trial = _Trial(self._next_id, sent, inputs, batch)
                         try:
-                            self._tx.send_nowait(trial)   # room for every slot: see __init__
+                            self._tx.send_nowait(trial)   # room for all that are out: see __init__
                         except trio.WouldBlock:           # several map_trials at once
                             await self._tx.send(trial)
                         sent += 1
@@ -179,13 +180,20 @@ class DevicePool:
         finally:
             batch.closed = True
 
+    def _first(self, trial: _Trial) -> bool:
+        """Whether this result is the trial's first; a re-dispatched trial may answer
+        twice, and only the first one counts (the other is ``late``)."""
+        if trial.finished:
+            self.late += 1
+            return False
+        trial.finished = True
+        return True
+
     async def _next_result(self, results_rx) -> tuple:
         while True:
             trial, features = await results_rx.receive()
-            if not trial.finished:
-                trial.finished = True
+            if self._first(trial):
                 return trial, features
-            self.late += 1   # a re-dispatched trial answered twice: the first one counts
 
     def _more_results(self, results_rx) -> list[tuple]:
         """The results already waiting, without waiting for more."""
@@ -195,10 +203,7 @@ class DevicePool:
                 trial, features = results_rx.receive_nowait()
             except trio.WouldBlock:
                 return more
-            if trial.finished:
-                self.late += 1
-            else:
-                trial.finished = True
+            if self._first(trial):
                 more.append((trial, features))
 
     async def forward(self, u) -> np.ndarray:
