@@ -1,17 +1,17 @@
 """The training agent: configuration, the trio run loop, estimators, checkpoints, logs.
 
-The command line lives in ``agent.cli`` (``pgt``); this package exposes what a
+The command line lives in ``pgt.cli`` (``pgt``); this package exposes what a
 script driving a run needs.
 """
 
-from agent._checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from agent._config import ConfigError, config_to_toml, load_config
-from agent._data import DataError, Dataset, load_dataset
-from agent._estimators import ESTIMATORS, Probe, make_estimator
-from agent._logging import configure_logging, get_logger
-from agent._runloop import RunDirError, RunInterrupted, evaluate_run, run_training
-from agent._schema import Config
-from agent._trainer import Trainer
+from pgt._checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from pgt._config import ConfigError, config_to_toml, load_config
+from pgt._data import DataError, Dataset, load_dataset
+from pgt._estimators import ESTIMATORS, Probe, make_estimator
+from pgt._logging import configure_logging, get_logger
+from pgt._runloop import RunDirError, RunInterrupted, evaluate_run, run_training
+from pgt._schema import Config
+from pgt._trainer import Trainer
 
 __all__ = [
     "ESTIMATORS", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset", "Probe",

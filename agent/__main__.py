@@ -1,6 +1,6 @@
 """``python -m agent``: the ``pgt`` command."""
 
-from agent.cli import main
+from pgt.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

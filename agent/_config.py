@@ -1,6 +1,6 @@
 """Load, override and validate a run's configuration.
 
-A configuration is a TOML file whose tables and keys mirror ``agent._schema.Config``,
+A configuration is a TOML file whose tables and keys mirror ``pgt._schema.Config``,
 plus ``--set key=value`` overrides with dotted keys. Everything is checked before a
 run starts: an unknown key, a value of the wrong type or outside its allowed range
 raises ``ConfigError`` with a one-line message naming the key, so a typo never costs
@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from agent._schema import Config
+from pgt._schema import Config
 
 __all__ = ["ConfigError", "config_to_toml", "load_config"]
 

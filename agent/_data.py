@@ -75,15 +75,15 @@ def load_dataset(name: str, test_fraction: float, split_seed: int, options=None)
     """Load dataset ``name`` and split it.
 
     "digits": 64 pixels per image; "digit_rows": the same images read as a sequence
-    of 8 rows of 8 pixels; "delayed_parity": generated bits (agent._tasks), one per
+    of 8 rows of 8 pixels; "delayed_parity": generated bits (pgt._tasks), one per
     token, shaped by ``options`` (a DataConfig: seq_len, delay, parity_bits).
     """
     if name in ("digits", "digit_rows"):
         x, y = _load_digits()
         return split(x, y, test_fraction, split_seed, name, tokens=8 if name == "digit_rows" else 1)
     if name == "delayed_parity":
-        from agent._schema import DataConfig
-        from agent._tasks import delayed_parity
+        from pgt._schema import DataConfig
+        from pgt._tasks import delayed_parity
 
         o = options if options is not None else DataConfig()
         try:

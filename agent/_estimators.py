@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from agent._schema import EstimatorConfig
-from kernels import accumulate, directions
+from pgt._schema import EstimatorConfig
+from pgt.kernels import accumulate, directions
 
 PARAMS, INPUTS, NONE = "params", "inputs", "none"
 PARAM_STREAM, INPUT_STREAM = 0, 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels import (
+from pgt.kernels import (
     batched_dense_forward,
     dense_backward,
     softmax_cross_entropy,

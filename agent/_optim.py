@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent._schema import OptimizerConfig
+from pgt._schema import OptimizerConfig
 
 
 class SGD:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent._logging import EVENTS_FILE, read_events
-from agent._runloop import RunDirError
+from pgt._logging import EVENTS_FILE, read_events
+from pgt._runloop import RunDirError
 
 __all__ = ["read_curves", "plot_run", "figure"]
 

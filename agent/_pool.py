@@ -38,7 +38,7 @@ import numpy as np
 import structlog
 import trio
 
-from backends import DeviceHealth, ReservoirError, ReservoirInfo
+from pgt.backends import DeviceHealth, ReservoirError, ReservoirInfo
 
 __all__ = ["DevicePool", "PoolMismatch", "open_devices", "open_pool"]
 
@@ -365,7 +365,7 @@ async def open_pool(urls: Sequence[str], *, open_reservoir=None, seed: int = 0,
     that cannot be opened, and PoolMismatch when the devices disagree on sizes.
     """
     if open_reservoir is None:
-        from backends import open_reservoir
+        from pgt.backends import open_reservoir
     async with contextlib.AsyncExitStack() as stack:
         devices = [await stack.enter_async_context(open_reservoir(url, seed=seed + i, device=device))
                    for i, url in enumerate(urls)]

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from agent._logging import EVENTS_FILE, read_events
-from agent._plot import figure, read_curves, save
+from pgt._logging import EVENTS_FILE, read_events
+from pgt._plot import figure, read_curves, save
 
 __all__ = ["Job", "PLAN", "run_report"]
 
@@ -113,8 +113,8 @@ def _run_one(args: tuple[Job, int, str]) -> dict[str, Any]:
     """Train one (job, seed) into OUT/runs/<name>; reuse or resume what is there."""
     import trio
 
-    from agent._config import load_config
-    from agent._runloop import run_training
+    from pgt._config import load_config
+    from pgt._runloop import run_training
 
     job, seed, runs = args
     run_dir = Path(runs) / _run_name(job, seed)

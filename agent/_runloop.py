@@ -18,12 +18,12 @@ from typing import Any
 
 import trio
 
-from agent._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+from pgt._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
                                save_checkpoint)
-from agent._config import config_to_toml, load_config
-from agent._logging import configure_logging, get_logger
-from agent._progress import Progress, result_line
-from agent._schema import Config
+from pgt._config import config_to_toml, load_config
+from pgt._logging import configure_logging, get_logger
+from pgt._progress import Progress, result_line
+from pgt._schema import Config
 
 __all__ = ["RunDirError", "RunInterrupted", "evaluate_run", "freeze_startup_objects",
            "new_run_dir", "read_run_config", "run_training"]
@@ -73,9 +73,9 @@ def _load_latest(run_dir: Path) -> tuple[Path, dict[str, Any], dict[str, Any]] |
 def _defaults(make_trainer: Any, open_reservoir: Any) -> tuple[Any, Any]:
     """The real Trainer and backends, imported only when a run really starts."""
     if make_trainer is None:
-        from agent._trainer import Trainer as make_trainer
+        from pgt._trainer import Trainer as make_trainer
     if open_reservoir is None:
-        from backends import open_reservoir
+        from pgt.backends import open_reservoir
     return make_trainer, open_reservoir
 
 
@@ -113,7 +113,7 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
         _check_free(run_dir)
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     # The device opens before the run directory exists: a bad URL leaves nothing.
-    from agent._pool import open_devices   # imports the backends: only when a run starts
+    from pgt._pool import open_devices   # imports the backends: only when a run starts
     async with open_devices(cfg, open_reservoir) as reservoir:
         trainer = make_trainer(cfg, reservoir)
         freeze_startup_objects()
@@ -142,7 +142,7 @@ async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     path, arrays, _ = checkpoint
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
-    from agent._pool import open_devices   # imports the backends: only when a run starts
+    from pgt._pool import open_devices   # imports the backends: only when a run starts
     async with open_devices(cfg, open_reservoir) as reservoir:
         trainer = make_trainer(cfg, reservoir)
         _restore(trainer, path, arrays)

@@ -1,7 +1,7 @@
 """The configuration schema: every key a run accepts, its type and its default.
 
 A run's configuration is one ``Config``; TOML tables map to the nested dataclasses
-below (``[data]`` -> ``DataConfig`` and so on). ``agent._config`` loads, overrides
+below (``[data]`` -> ``DataConfig`` and so on). ``pgt._config`` loads, overrides
 and validates it; this module only declares it.
 """
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from agent._data import batch_indices, load_dataset
-from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS, make_estimator
-from agent._model import DenseRingModel, Layout
-from agent._optim import make_optimizer
-from agent._schema import Config
+from pgt._data import batch_indices, load_dataset
+from pgt._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS, make_estimator
+from pgt._model import DenseRingModel, Layout
+from pgt._optim import make_optimizer
+from pgt._schema import Config
 
 
 @dataclass
@@ -62,7 +62,7 @@ def build_model(cfg: Config, data, info):
     """The configured model (``model.name``) sized for the data and the reservoir."""
     m = cfg.model
     if m.name == "transformer":
-        from agent._transformer import TransformerRingModel
+        from pgt._transformer import TransformerRingModel
 
         return TransformerRingModel(
             tokens=data.tokens, patch=data.n_features // data.tokens,
@@ -153,7 +153,7 @@ class Trainer:
 
     async def _evaluate(self, probes, x, y, sigma, step) -> _Evaluation:
         if hasattr(self.reservoir, "map_trials"):   # a device pool: a trial per probe pair
-            from agent._trials import evaluate_pooled
+            from pgt._trials import evaluate_pooled
             return await evaluate_pooled(self, probes, x, y, sigma, step)
         thetas, u = self._probe_inputs(probes, x, sigma, step)
         n_probes, batch, width = u.shape

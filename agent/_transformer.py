@@ -13,17 +13,17 @@ inputs over 8 digit rows: 2 round trips per row). Parameters live in one flat
 vector, pre-ring layers first; ``pre`` and ``post`` accept a stack of P vectors
 (perturbative estimators) and loop over the distinct ones, and both have exact
 backwards for the estimators that chain-rule around the ring. The interface is
-``agent._model.DenseRingModel``'s.
+``pgt._model.DenseRingModel``'s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from agent._config import ConfigError
-from agent._model import pack_grads
-from kernels import softmax_cross_entropy, softmax_cross_entropy_backward, tanh_backward
-from kernels._transformer import (
+from pgt._config import ConfigError
+from pgt._model import pack_grads
+from pgt.kernels import softmax_cross_entropy, softmax_cross_entropy_backward, tanh_backward
+from pgt.kernels._transformer import (
     block_backward,
     block_forward,
     block_shapes,

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from agent._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS
-from agent._model import DenseRingModel
+from pgt._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS
+from pgt._model import DenseRingModel
 
 __all__ = ["evaluate_pooled", "prefetch_directions", "probe_groups"]
 
@@ -74,7 +74,7 @@ def _plan(probes) -> tuple[list[list[int]], dict[int, list[int]]]:
 
 async def evaluate_pooled(trainer, probes, x, y, sigma, step):
     """The step's per-sample losses (and its clean pass) with one trial per group."""
-    from agent._trainer import _Evaluation   # the trainer imports this module lazily
+    from pgt._trainer import _Evaluation   # the trainer imports this module lazily
 
     groups, upcoming = _plan(probes)
     losses = np.zeros((len(probes), len(x)))   # filled as the trials land (ev.done)

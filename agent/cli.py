@@ -26,11 +26,11 @@ from typing import Any
 
 import trio
 
-from agent._checkpoint import CheckpointError
-from agent._config import ConfigError, load_config
-from agent._logging import EVENTS_FILE, follow_events, read_events, render_event
-from agent._progress import Progress
-from agent._runloop import (RunDirError, RunInterrupted, evaluate_run, new_run_dir,
+from pgt._checkpoint import CheckpointError
+from pgt._config import ConfigError, load_config
+from pgt._logging import EVENTS_FILE, follow_events, read_events, render_event
+from pgt._progress import Progress
+from pgt._runloop import (RunDirError, RunInterrupted, evaluate_run, new_run_dir,
                             read_run_config, run_training)
 
 __all__ = ["main"]
@@ -106,8 +106,8 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from backends import EmulatorConfig, FaultSpec, emulate
-    from kernels import RingParams
+    from pgt.backends import EmulatorConfig, FaultSpec, emulate
+    from pgt.kernels import RingParams
 
     try:
         config = EmulatorConfig(
@@ -125,14 +125,14 @@ def _emulate(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from agent._plot import plot_run
+    from pgt._plot import plot_run
 
     print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from agent._report import run_report
+    from pgt._report import run_report
 
     result = run_report(Path(args.out), quick=args.quick, seeds=tuple(args.seeds), jobs=args.jobs)
     print(result["text"])
@@ -154,9 +154,9 @@ def _fail(group: BaseExceptionGroup, code: int) -> int:
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
     """Errors of the devices, the array library and the data: one line, exit 1."""
-    from agent._data import DataError
-    from backends import ReservoirError
-    from kernels import DeviceError
+    from pgt._data import DataError
+    from pgt.backends import ReservoirError
+    from pgt.kernels import DeviceError
 
     return (ReservoirError, DeviceError, DataError)
 

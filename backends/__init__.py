@@ -7,15 +7,15 @@ microcontroller (``emu://``, ``emulate``) speak docs/protocol.md; their faults a
 ReservoirErrors with names.
 """
 
-from backends._device import DeviceUnavailable
-from backends._device_link import DeviceDataError
-from backends._emulate import emulate, serve_pty, serve_tcp
-from backends._emulator import EmulatedDevice, EmulatorConfig
-from backends._faults import FaultSpec
-from backends._health import DeviceHealth
-from backends._open import open_reservoir
-from backends._protocol import Reservoir, ReservoirError, ReservoirInfo, ReservoirURLError
-from backends._session import DeviceMismatch, DeviceRefused, LinkLost
+from pgt.backends._device import DeviceUnavailable
+from pgt.backends._device_link import DeviceDataError
+from pgt.backends._emulate import emulate, serve_pty, serve_tcp
+from pgt.backends._emulator import EmulatedDevice, EmulatorConfig
+from pgt.backends._faults import FaultSpec
+from pgt.backends._health import DeviceHealth
+from pgt.backends._open import open_reservoir
+from pgt.backends._protocol import Reservoir, ReservoirError, ReservoirInfo, ReservoirURLError
+from pgt.backends._session import DeviceMismatch, DeviceRefused, LinkLost
 
 __all__ = ["DeviceDataError", "DeviceHealth", "DeviceMismatch", "DeviceRefused",
            "DeviceUnavailable", "EmulatedDevice", "EmulatorConfig", "FaultSpec", "LinkLost",

@@ -28,15 +28,15 @@ import numpy as np
 import structlog
 import trio
 
-from backends._device_link import DeviceDataError, Handshake, Options, handshake
-from backends._faults import link_seconds
-from backends._health import DeviceHealth
-from backends._messages import ErrorCode, Forward, Ping, Result, Safe
-from backends._protocol import ReservoirError, ReservoirInfo, check_inputs
-from backends._session import (DeviceMismatch, DeviceRefused, LinkLost, Session, open_session,
+from pgt.backends._device_link import DeviceDataError, Handshake, Options, handshake
+from pgt.backends._faults import link_seconds
+from pgt.backends._health import DeviceHealth
+from pgt.backends._messages import ErrorCode, Forward, Ping, Result, Safe
+from pgt.backends._protocol import ReservoirError, ReservoirInfo, check_inputs
+from pgt.backends._session import (DeviceMismatch, DeviceRefused, LinkLost, Session, open_session,
                                single_errors)
-from backends._transport import Connector
-from backends._wire import dequantize_features, quantize_inputs
+from pgt.backends._transport import Connector
+from pgt.backends._wire import dequantize_features, quantize_inputs
 
 __all__ = ["DeviceReservoir", "DeviceUnavailable", "open_device"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends._messages import Configure, ConfigureAck, HelloReply, HelloRequest, ResetCause
-from backends._protocol import ReservoirError, ReservoirInfo
-from backends._session import DeviceMismatch, DeviceRefused, Session
-from backends._wire import batch_limit
+from pgt.backends._messages import Configure, ConfigureAck, HelloReply, HelloRequest, ResetCause
+from pgt.backends._protocol import ReservoirError, ReservoirInfo
+from pgt.backends._session import DeviceMismatch, DeviceRefused, Session
+from pgt.backends._wire import batch_limit
 
 __all__ = ["DeviceDataError", "Handshake", "Options", "handshake"]
 

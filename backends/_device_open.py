@@ -21,15 +21,15 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from backends._device import DeviceReservoir, open_device
-from backends._device_link import Options
-from backends._emulate import MemoryLink
-from backends._emulator import EmulatedDevice, EmulatorConfig
-from backends._faults import FaultSpec
-from backends._protocol import ReservoirURLError
-from backends._session import single_errors
-from backends._transport import serial_connector, tcp_connector
-from kernels import RingParams
+from pgt.backends._device import DeviceReservoir, open_device
+from pgt.backends._device_link import Options
+from pgt.backends._emulate import MemoryLink
+from pgt.backends._emulator import EmulatedDevice, EmulatorConfig
+from pgt.backends._faults import FaultSpec
+from pgt.backends._protocol import ReservoirURLError
+from pgt.backends._session import single_errors
+from pgt.backends._transport import serial_connector, tcp_connector
+from pgt.kernels import RingParams
 
 __all__ = ["open_device_url", "parse_indices"]
 

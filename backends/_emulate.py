@@ -19,9 +19,9 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from backends._emulator import EmulatedDevice, EmulatorConfig, Unplugged
-from backends._messages import ResetCause
-from backends._transport import FdStream
+from pgt.backends._emulator import EmulatedDevice, EmulatorConfig, Unplugged
+from pgt.backends._messages import ResetCause
+from pgt.backends._transport import FdStream
 
 __all__ = ["MemoryLink", "emulate", "serve_pty", "serve_tcp"]
 

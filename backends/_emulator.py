@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from backends._faults import FaultSpec, FaultyLink
-from backends._messages import (Configure, ErrorCode, ErrorReply, Forward, HelloReply,
+from pgt.backends._faults import FaultSpec, FaultyLink
+from pgt.backends._messages import (Configure, ErrorCode, ErrorReply, Forward, HelloReply,
                                 HelloRequest, Ping, ResetCause, Result, Safe, SafeAck)
-from backends._sim import SimRing
-from backends._wire import (CrcError, FrameDecoder, FrameError, PayloadError,
+from pgt.backends._sim import SimRing
+from pgt.backends._wire import (CrcError, FrameDecoder, FrameError, PayloadError,
                             ProtocolError, UnknownMessageError, VersionError, batch_limit,
                             dequantize_inputs, encode_frame, quantize_features)
-from kernels import RingParams
+from pgt.kernels import RingParams
 
 __all__ = ["EmulatedDevice", "EmulatorConfig", "Unplugged"]
 

@@ -13,7 +13,7 @@ import urllib.parse
 
 import numpy as np
 
-from backends._protocol import ReservoirInfo, ReservoirURLError, check_inputs
+from pgt.backends._protocol import ReservoirInfo, ReservoirURLError, check_inputs
 
 _PARAMS = ("inputs", "max_batch")
 

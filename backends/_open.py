@@ -6,9 +6,9 @@ import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator
 
-from backends._protocol import Reservoir, ReservoirURLError
-from backends._sim import SimRing
-from kernels import RingParams
+from pgt.backends._protocol import Reservoir, ReservoirURLError
+from pgt.backends._sim import SimRing
+from pgt.kernels import RingParams
 
 _SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int}
 
@@ -24,7 +24,7 @@ def _convert(key: str, raw: str, kind: type):
 
 def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRing:
     if parsed.netloc == "identity":  # the memoryless control: features = inputs
-        from backends._identity import open_identity
+        from pgt.backends._identity import open_identity
         return open_identity(parsed)
     if parsed.netloc not in ("ring", ""):
         raise ReservoirURLError(f"reservoir URL: unknown simulator {parsed.netloc!r} (try sim://ring)")
@@ -68,7 +68,7 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
         yield _open_sim(parsed, seed, device)
         return
     if parsed.scheme in ("serial", "socket", "emu"):
-        from backends._device_open import open_device_url
+        from pgt.backends._device_open import open_device_url
         async with open_device_url(url, seed=seed) as reservoir:
             yield reservoir
         return

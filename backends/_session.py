@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import trio
 
-from backends._messages import ErrorCode, ErrorReply, Message, MsgType
-from backends._protocol import ReservoirError
-from backends._wire import Frame, FrameDecoder, ProtocolError, VersionError, encode_frame
+from pgt.backends._messages import ErrorCode, ErrorReply, Message, MsgType
+from pgt.backends._protocol import ReservoirError
+from pgt.backends._wire import Frame, FrameDecoder, ProtocolError, VersionError, encode_frame
 
 __all__ = ["DeviceMismatch", "DeviceRefused", "LinkLost", "Session", "open_session",
            "single_errors"]

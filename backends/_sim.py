@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from backends._protocol import ReservoirInfo, check_inputs
-from kernels import (
+from pgt.backends._protocol import ReservoirInfo, check_inputs
+from pgt.kernels import (
     RingParams,
     fused_ring_forward,
     fused_ring_supported,

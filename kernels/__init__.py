@@ -2,8 +2,8 @@
 counter-based perturbations. Every function is xp-generic; the ``fused_*`` ones are
 single CuPy kernels (CuPy is imported only when one is called)."""
 
-from kernels._fused import fused_accumulate, fused_ring_forward, fused_ring_supported
-from kernels._layers import (
+from pgt.kernels._fused import fused_accumulate, fused_ring_forward, fused_ring_supported
+from pgt.kernels._layers import (
     batched_dense_forward,
     dense_backward,
     dense_forward,
@@ -12,9 +12,9 @@ from kernels._layers import (
     tanh_backward,
     tanh_forward,
 )
-from kernels._philox import DISTRIBUTIONS, accumulate, directions, philox4x32
-from kernels._ring import NOISE_STREAM, RingParams, detector_noise, ring_backward, ring_forward
-from kernels._xp import DeviceError, array_module, get_xp, to_numpy
+from pgt.kernels._philox import DISTRIBUTIONS, accumulate, directions, philox4x32
+from pgt.kernels._ring import NOISE_STREAM, RingParams, detector_noise, ring_backward, ring_forward
+from pgt.kernels._xp import DeviceError, array_module, get_xp, to_numpy
 
 __all__ = [
     "DISTRIBUTIONS", "NOISE_STREAM", "DeviceError", "RingParams", "accumulate", "array_module",

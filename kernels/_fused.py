@@ -25,8 +25,8 @@ import functools
 
 import numpy as np
 
-from kernels._philox import _MASK32, philox4x32
-from kernels._ring import NOISE_STREAM, RingParams
+from pgt.kernels._philox import _MASK32, philox4x32
+from pgt.kernels._ring import NOISE_STREAM, RingParams
 
 _THREADS = 256      # target threads per block of the ring kernel
 MAX_NODES = 1024    # one block must hold one sample's slots

@@ -8,7 +8,7 @@ differences in tests/kernels/test_layers.py.
 
 from __future__ import annotations
 
-from kernels._xp import array_module
+from pgt.kernels._xp import array_module
 
 
 def dense_forward(x, w, b):

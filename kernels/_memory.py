@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._ring import RingParams, ring_forward
+from pgt.kernels._ring import RingParams, ring_forward
 
 
 def _ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:

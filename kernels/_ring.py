@@ -25,8 +25,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from kernels._philox import directions
-from kernels._xp import array_module
+from pgt.kernels._philox import directions
+from pgt.kernels._xp import array_module
 
 NOISE_STREAM = 0x5EED  # Philox stream of the detector noise (estimators use 0 and 1)
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from kernels._xp import array_module
+from pgt.kernels._xp import array_module
 
 BLOCK_PARAMS = ("ln1_g", "ln1_b", "wqkv", "bqkv", "wo", "bo",
                 "ln2_g", "ln2_b", "w1", "b1", "w2", "b2")

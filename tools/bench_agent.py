@@ -34,20 +34,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agent._config import load_config  # noqa: E402
-from agent._pool import DevicePool  # noqa: E402
-from agent._runloop import freeze_startup_objects  # noqa: E402
-from agent._trainer import Trainer  # noqa: E402
-from backends import ReservoirInfo  # noqa: E402
+from pgt._config import load_config
+from pgt._pool import DevicePool
+from pgt._runloop import freeze_startup_objects
+from pgt._trainer import Trainer
+from pgt.backends import ReservoirInfo
 
 
 class PreciseClock(trio.abc.Clock):

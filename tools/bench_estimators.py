@@ -19,9 +19,9 @@ import time
 import numpy as np
 import trio
 
-from agent._config import load_config
-from agent._trainer import Trainer
-from backends import open_reservoir
+from pgt._config import load_config
+from pgt._trainer import Trainer
+from pgt.backends import open_reservoir
 
 # estimator -> (overrides, steps, eval_every); everything else is the default job.
 PLAN = {

@@ -27,9 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernels import DeviceError, RingParams, fused_ring_forward, get_xp, ring_forward  # noqa: E402
+from pgt.kernels import DeviceError, RingParams, fused_ring_forward, get_xp, ring_forward
 
 COPY_BYTES = 1 << 30
 MIN_SECONDS = 0.3     # time each measurement for at least this long (or MAX_REPEATS calls)

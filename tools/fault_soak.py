@@ -31,12 +31,10 @@ import structlog
 import trio
 import trio.testing
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agent._config import load_config  # noqa: E402
-from agent._runloop import run_training  # noqa: E402
-from backends import EmulatedDevice, EmulatorConfig, FaultSpec, open_reservoir, serve_pty  # noqa: E402
-from kernels import RingParams  # noqa: E402
+from pgt._config import load_config
+from pgt._runloop import run_training
+from pgt.backends import EmulatedDevice, EmulatorConfig, FaultSpec, open_reservoir, serve_pty
+from pgt.kernels import RingParams
 
 HOST = "sample_steps=6-7&sample_nodes=0-7&bits=8&batch=1&log_trials=1&quarantine_after=8"
 RING = dict(ring=RingParams(nodes=8), n_inputs=8, max_batch=4)
@@ -68,9 +66,9 @@ async def _train(run_dir: Path, steps: int, faults: FaultSpec, link: str) -> Cou
 
 def _memory_opener(emulator: EmulatedDevice, nursery: trio.Nursery):
     """open_reservoir for ``memory://?...``: ``emulator`` on an in-memory link."""
-    from backends._device import open_device
-    from backends._device_open import _options, _parse
-    from backends._emulate import MemoryLink
+    from pgt.backends._device import open_device
+    from pgt.backends._device_open import _options, _parse
+    from pgt.backends._emulate import MemoryLink
 
     @contextlib.asynccontextmanager
     async def opener(url, **_):

@@ -36,7 +36,7 @@ for name in ("numpy", "cupy", "trio", "structlog", "serial", "tomli_w", "cobs", 
         missing.append(f"{name} ({type(exc).__name__}: {exc})")
 if missing:
     sys.exit("gpu_check: missing " + ", ".join(missing) + " (see tools/prepare_gpu_wheels.sh)")
-from kernels import get_xp
+from pgt.kernels import get_xp
 cp = get_xp("gpu")   # DeviceError, one line, without a usable GPU
 import numpy
 name = cp.cuda.runtime.getDeviceProperties(0)["name"]
@@ -55,7 +55,7 @@ bench_rc=$?
 echo "== pgt train --device gpu / cpu (default job, 1500 steps, side by side)"
 rm -rf /tmp/gpu_check_runs
 for device in gpu cpu; do
-    timeout 110 "$PY" -m agent train --device "$device" --set train.steps=1500 \
+    timeout 110 "$PY" -m pgt train --device "$device" --set train.steps=1500 \
         --run-dir "/tmp/gpu_check_runs/$device" --quiet >"$LOGS/train_$device.log" 2>&1 &
 done
 wait

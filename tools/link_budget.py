@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agent._config import load_config  # noqa: E402
-from agent._trainer import Trainer  # noqa: E402
-from backends import open_reservoir  # noqa: E402
-from backends._messages import Forward, Result  # noqa: E402
-from backends._wire import encode_frame, quantize_features, quantize_inputs  # noqa: E402
+from pgt._config import load_config
+from pgt._trainer import Trainer
+from pgt.backends import open_reservoir
+from pgt.backends._messages import Forward, Result
+from pgt.backends._wire import encode_frame, quantize_features, quantize_inputs
 
 EXCHANGES = [  # (name, batch, inputs, features, bits)
     ("default ring, B=64, 16-bit", 64, 16, 384, 16),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from kernels import RingParams
-from kernels._memory import memory_capacity
+from pgt.kernels import RingParams
+from pgt.kernels._memory import memory_capacity
 
 POINTS = [
     ("default", {}),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from agent._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+from pgt._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
                                save_checkpoint)
 
 

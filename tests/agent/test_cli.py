@@ -16,11 +16,11 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from agent._checkpoint import latest_checkpoint, save_checkpoint
-from agent._config import config_to_toml, load_config
-from agent._progress import Progress
-from agent._runloop import RunInterrupted, run_training
-from agent.cli import main
+from pgt._checkpoint import latest_checkpoint, save_checkpoint
+from pgt._config import config_to_toml, load_config
+from pgt._progress import Progress
+from pgt._runloop import RunInterrupted, run_training
+from pgt.cli import main
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -140,7 +140,7 @@ async def test_an_existing_run_is_not_overwritten(tmp_path, fakes, capsys) -> No
 
 
 def test_a_bad_backend_url_creates_nothing(tmp_path, capsys) -> None:
-    pytest.importorskip("agent._trainer")
+    pytest.importorskip("pgt._trainer")
     assert main(["train", "--backend", "nope://x", "--run-dir", str(tmp_path)]) == 1
     assert "nope" in _one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -200,10 +200,10 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float =
 
 
 def test_sigint_once_checkpoints_and_exits_0(tmp_path) -> None:
-    pytest.importorskip("agent._trainer")
+    pytest.importorskip("pgt._trainer")
     run_dir = tmp_path / "sig"
     with subprocess.Popen(
-            [sys.executable, "-m", "agent", "train", "--run-dir", str(tmp_path), "--name",
+            [sys.executable, "-m", "pgt", "train", "--run-dir", str(tmp_path), "--name",
              "sig", "--set", "train.steps=5000", "--set", "train.checkpoint_every=5"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
@@ -223,10 +223,10 @@ def test_sigint_once_checkpoints_and_exits_0(tmp_path) -> None:
 
 
 def _errors() -> list:
-    from agent._checkpoint import CheckpointError
-    from agent._config import ConfigError
-    from agent._runloop import RunDirError
-    backend = pytest.importorskip("backends").ReservoirError
+    from pgt._checkpoint import CheckpointError
+    from pgt._config import ConfigError
+    from pgt._runloop import RunDirError
+    backend = pytest.importorskip("pgt.backends").ReservoirError
     return [(ConfigError("config: bad"), 2, "pgt: config: bad"),
             (CheckpointError("checkpoint x: checksum mismatch"), 1,
              "pgt: checkpoint x: checksum mismatch"),
@@ -250,13 +250,13 @@ def _raising(error: BaseException, nested: bool):
 def test_errors_from_nurseries_become_one_line_and_a_status(tmp_path, monkeypatch, capsys,
                                                            nested) -> None:
     for error, status, line in _errors():
-        monkeypatch.setattr("agent.cli.run_training", _raising(error, nested))
+        monkeypatch.setattr("pgt.cli.run_training", _raising(error, nested))
         assert main(["train", "--run-dir", str(tmp_path)]) == status
         assert _one_error_line(capsys) == line
 
 
 def test_result_lines() -> None:
-    from agent._progress import result_line
+    from pgt._progress import result_line
     done = {"reason": "finished", "step": 1500, "total_steps": 1500, "estimator": "interface",
             "ring_evals": 1_234_567, "elapsed_s": 84.2, "run_dir": "runs/x",
             "test_accuracy": 0.9761}

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent._config import ConfigError, config_to_toml, load_config
-from agent._schema import Config
-from agent.cli import main
+from pgt._config import ConfigError, config_to_toml, load_config
+from pgt._schema import Config
+from pgt.cli import main
 
 
 

@@ -1,14 +1,13 @@
 """Estimators on the differentiable simulated ring, against its exact gradient."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
-from agent._estimators import make_estimator
-from agent._schema import Config, EstimatorConfig
-from agent._trainer import Trainer
-from backends import open_reservoir
+from pgt._estimators import make_estimator
+from pgt._schema import Config, EstimatorConfig
+from pgt._trainer import Trainer
+from pgt.backends import open_reservoir
 
 SMALL_RING = "sim://ring?nodes=6&inputs=4"
 
@@ -129,7 +128,7 @@ async def test_backprop_refuses_a_device_that_is_not_differentiable(trainer):
 def test_remembered_directions_and_their_sum_are_the_bits_regenerated(dist):
     """A pair's k asked twice, rows generated ahead in chunks, the memo's sum: the bits
     of kernels.directions and kernels.accumulate."""
-    from kernels import accumulate, directions
+    from pgt.kernels import accumulate, directions
 
     est = make_estimator(EstimatorConfig(name="pgt", k=11, distribution=dist), seed=7)
     got = np.concatenate([est.directions(3, [k, k], 333, 0, ahead=range(11)) for k in range(11)])
@@ -184,8 +183,8 @@ def test_tell_early_sums_what_has_landed_and_tell_ends_on_the_same_bits(form):
 def test_rows_generated_ahead_in_a_thread_are_the_bits_of_directions():
     import trio
 
-    from agent._trials import prefetch_directions
-    from kernels import directions
+    from pgt._trials import prefetch_directions
+    from pgt.kernels import directions
 
     est = make_estimator(EstimatorConfig(name="pgt", k=11, distribution="gaussian"), seed=7)
     trio.run(prefetch_directions, est, {}, 4, 333)
@@ -197,8 +196,8 @@ def test_rows_generated_ahead_in_a_thread_are_the_bits_of_directions():
 def test_nothing_is_generated_ahead_that_the_memo_cannot_keep(monkeypatch):
     import trio
 
-    import agent._estimators as estimators
-    from agent._trials import _PREFETCH, prefetch_directions
+    import pgt._estimators as estimators
+    from pgt._trials import _PREFETCH, prefetch_directions
 
     monkeypatch.setattr(estimators, "_MEMO_LIMIT", 5 * 333)   # room for five rows of 333
     est = make_estimator(EstimatorConfig(name="pgt", k=_PREFETCH + 3), seed=7)

@@ -11,10 +11,10 @@ import structlog
 import trio
 from structlog.testing import capture_logs
 
-from agent._config import load_config
-from agent._logging import (configure_logging, follow_events, get_logger, read_events,
+from pgt._config import load_config
+from pgt._logging import (configure_logging, follow_events, get_logger, read_events,
                             render_event)
-from agent._runloop import run_training
+from pgt._runloop import run_training
 
 
 def _lines(path: Path) -> list[dict]:

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from agent._data import DataError, batch_indices, load_dataset, split, validate
-from agent._model import DenseRingModel, Layout
-from agent._optim import Adam, SGD
-from agent._schema import OptimizerConfig
+from pgt._data import DataError, batch_indices, load_dataset, split, validate
+from pgt._model import DenseRingModel, Layout
+from pgt._optim import Adam, SGD
+from pgt._schema import OptimizerConfig
 from tests.numeric import numeric_grad
 
 

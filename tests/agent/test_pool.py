@@ -17,12 +17,12 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from agent._config import ConfigError, load_config
-from agent._pool import PoolMismatch, open_pool
-from agent._trainer import Trainer
-from agent._trials import probe_groups
-from agent._estimators import Probe
-from backends import ReservoirError, open_reservoir
+from pgt._config import ConfigError, load_config
+from pgt._pool import PoolMismatch, open_pool
+from pgt._trainer import Trainer
+from pgt._trials import probe_groups
+from pgt._estimators import Probe
+from pgt.backends import ReservoirError, open_reservoir
 
 RING = "sim://ring?nodes=6&inputs=4"
 
@@ -81,7 +81,7 @@ async def test_one_and_four_noise_free_devices_give_identical_parameters(estimat
     cfg = load_config(None, [f"estimator.name={estimator}", "estimator.k=3", "train.steps=6"])
     one, _ = await _train(cfg, ["slow://?delay=0.01"], 6)
     # Four devices with random latencies: trials finish in a different order every step.
-    urls = [f"slow://?delay=0.01&jitter=0.02" for _ in range(4)]
+    urls = ["slow://?delay=0.01&jitter=0.02" for _ in range(4)]
     four, pool = await _train(cfg, urls, 6)
     assert one.params.tobytes() == four.params.tobytes()
     assert one.ring_evals == four.ring_evals
@@ -241,8 +241,8 @@ def test_reservoir_urls_is_a_list_of_strings():
 
 
 def test_pgt_train_on_two_rings_with_repeated_backend(tmp_path, capsys):
-    from agent._logging import read_events
-    from agent.cli import main
+    from pgt._logging import read_events
+    from pgt.cli import main
 
     code = main(["train", "--backend", RING, "--backend", RING, "--run-dir", str(tmp_path),
                  "--name", "pool", "--quiet", "--set", "train.steps=3",

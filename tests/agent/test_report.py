@@ -2,8 +2,8 @@
 
 import json
 
-from agent._report import PLAN
-from agent.cli import main
+from pgt._report import PLAN
+from pgt.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,9 +15,9 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from agent._checkpoint import latest_checkpoint, load_checkpoint
-from agent._config import config_to_toml, load_config
-from agent._runloop import run_training
+from pgt._checkpoint import latest_checkpoint, load_checkpoint
+from pgt._config import config_to_toml, load_config
+from pgt._runloop import run_training
 
 SMALL = ["train.steps=12", "train.eval_every=5", "train.checkpoint_every=4",
          "reservoir.url='fake://?delay=1'"]
@@ -95,7 +95,7 @@ async def test_checkpoints_by_elapsed_time(tmp_path, fakes, autojump_clock) -> N
 
 
 def _pgt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args]
+    return [sys.executable, "-m", "pgt", *args]
 
 
 def _start_and_wait_for_checkpoint(args: list[str], run_dir: Path) -> tuple[subprocess.Popen, float]:
@@ -118,7 +118,7 @@ def _wait_for_checkpoint(run_dir: Path, name: str, proc: subprocess.Popen) -> No
 
 
 def test_killed_at_a_random_moment_then_resumed_is_bit_exact(tmp_path) -> None:
-    pytest.importorskip("agent._trainer")
+    pytest.importorskip("pgt._trainer")
     settings = ["--set", "train.steps=40", "--set", "train.checkpoint_every=1",
                 "--set", "train.eval_every=10", "--run-dir", str(tmp_path), "--quiet"]
     # the uninterrupted run also measures how long training lasts from the first

@@ -3,9 +3,9 @@ only through the Reservoir protocol."""
 
 import numpy as np
 
-from agent._config import load_config
-from agent._trainer import Trainer
-from backends import open_reservoir
+from pgt._config import load_config
+from pgt._trainer import Trainer
+from pgt.backends import open_reservoir
 
 
 async def test_a_short_interface_run_learns_the_digits():

@@ -4,12 +4,12 @@ every estimator on it, and the sequence datasets it reads."""
 import numpy as np
 import pytest
 
-from agent._config import ConfigError, load_config
-from agent._data import DataError, load_dataset
-from agent._tasks import delayed_parity
-from agent._trainer import Trainer
-from agent._transformer import TransformerRingModel
-from backends import open_reservoir
+from pgt._config import ConfigError, load_config
+from pgt._data import DataError, load_dataset
+from pgt._tasks import delayed_parity
+from pgt._trainer import Trainer
+from pgt._transformer import TransformerRingModel
+from pgt.backends import open_reservoir
 from tests.numeric import numeric_grad
 
 

@@ -15,13 +15,13 @@ import trio
 from cobs import cobs
 from structlog.testing import capture_logs
 
-from backends import DeviceUnavailable, EmulatedDevice, EmulatorConfig
-from backends._device import open_device
-from backends._device_link import Options
-from backends._emulate import MemoryLink
-from backends._session import single_errors
-from backends._wire import decode_frame
-from kernels import RingParams
+from pgt.backends import DeviceUnavailable, EmulatedDevice, EmulatorConfig
+from pgt.backends._device import open_device
+from pgt.backends._device_link import Options
+from pgt.backends._emulate import MemoryLink
+from pgt.backends._session import single_errors
+from pgt.backends._wire import decode_frame
+from pgt.kernels import RingParams
 
 CONFIG = EmulatorConfig(ring=RingParams(nodes=3), n_inputs=4, max_batch=4)
 OPTIONS = Options(open_timeout_s=3, quarantine_after=3, quarantine_s=5, log_trials=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import trio
 
-from backends import Reservoir, ReservoirURLError, open_reservoir
-from backends._emulate import serve_pty, serve_tcp
-from backends._emulator import EmulatedDevice, EmulatorConfig
-from kernels import RingParams
+from pgt.backends import Reservoir, ReservoirURLError, open_reservoir
+from pgt.backends._emulate import serve_pty, serve_tcp
+from pgt.backends._emulator import EmulatedDevice, EmulatorConfig
+from pgt.kernels import RingParams
 
 
 @contextlib.asynccontextmanager

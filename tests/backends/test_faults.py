@@ -10,7 +10,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from backends import DeviceUnavailable, open_reservoir
+from pgt.backends import DeviceUnavailable, open_reservoir
 
 SMALL = "emu://?inputs=4&nodes=5&max_batch=4&bits=12&log_trials=1"
 
@@ -114,8 +114,8 @@ async def test_idle_links_are_pinged(autojump_clock):
 async def test_a_run_suspends_while_its_device_is_quarantined_and_resumes(autojump_clock, tmp_path):
     import json
 
-    from agent._config import load_config
-    from agent._runloop import run_training
+    from pgt._config import load_config
+    from pgt._runloop import run_training
 
     url = (f"{SMALL}&quarantine_after=2&quarantine_s=30&batch=8"
            "&faults=unplug_at=6;unplug_s=100")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backends import ReservoirURLError, open_reservoir
+from pgt.backends import ReservoirURLError, open_reservoir
 
 
 async def test_features_are_the_inputs_and_the_vjp_is_the_identity():

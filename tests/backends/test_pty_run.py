@@ -11,9 +11,9 @@ import json
 import numpy as np
 import trio
 
-from agent._config import load_config
-from agent._runloop import run_training
-from backends import EmulatedDevice, EmulatorConfig, serve_pty
+from pgt._config import load_config
+from pgt._runloop import run_training
+from pgt.backends import EmulatedDevice, EmulatorConfig, serve_pty
 
 SETTINGS = ["train.steps=6", "train.eval_every=3", "train.checkpoint_every=0",
             "data.batch_size=16", "estimator.k=2"]

@@ -8,9 +8,9 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from backends import EmulatedDevice, EmulatorConfig, FaultSpec, open_reservoir, serve_pty, serve_tcp
-from backends._transport import FdStream, open_serial
-from kernels import RingParams
+from pgt.backends import EmulatedDevice, EmulatorConfig, FaultSpec, open_reservoir, serve_pty, serve_tcp
+from pgt.backends._transport import FdStream, open_serial
+from pgt.kernels import RingParams
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from backends._messages import (
+from pgt.backends._messages import (
     Configure,
     ConfigureAck,
     ErrorCode,
@@ -34,7 +34,7 @@ from backends._messages import (
     Safe,
     SafeAck,
 )
-from backends._wire import (
+from pgt.backends._wire import (
     MAX_ENCODED_FRAME,
     MAX_PAYLOAD,
     CrcError,

@@ -8,8 +8,8 @@ neighbours read by index, one loop over k. These tests pin that arithmetic to
 import numpy as np
 import pytest
 
-from kernels import RingParams, accumulate, directions, ring_forward
-from kernels._fused import (
+from pgt.kernels import RingParams, accumulate, directions, ring_forward
+from pgt.kernels._fused import (
     MAX_NODES,
     _block_shape,
     accumulate_twin,

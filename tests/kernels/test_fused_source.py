@@ -10,9 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from kernels import RingParams
-from kernels._fused import _SOURCE, _block_shape, _key, accumulate_twin, ring_twin
-from kernels._ring import NOISE_STREAM
+from pgt.kernels import RingParams
+from pgt.kernels._fused import _SOURCE, _block_shape, _key, accumulate_twin, ring_twin
+from pgt.kernels._ring import NOISE_STREAM
 
 _PRELUDE = r"""
 #include <barrier>

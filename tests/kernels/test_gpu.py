@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import trio
 
-from backends._sim import SimRing
-from kernels import (
+from pgt.backends._sim import SimRing
+from pgt.kernels import (
     RingParams,
     accumulate,
     batched_dense_forward,
@@ -28,8 +28,8 @@ from kernels import (
     tanh_backward,
     tanh_forward,
 )
-from kernels._fused import accumulate_twin, ring_twin
-from kernels._philox import _words
+from pgt.kernels._fused import accumulate_twin, ring_twin
+from pgt.kernels._philox import _words
 
 pytestmark = pytest.mark.gpu
 
@@ -163,7 +163,7 @@ def test_sim_ring_on_the_gpu_returns_host_features_equal_to_the_cpu(cp, fused):
 async def test_waiting_for_the_gpu_leaves_the_trio_loop_free(cp):
     # Queue a few tens of milliseconds of GPU work; a task ticking every millisecond
     # keeps ticking while gpu_work_done waits for it, and the work is done after.
-    from backends._sim import gpu_work_done
+    from pgt.backends._sim import gpu_work_done
 
     a = cp.random.default_rng(0).random((4096, 4096))
     (a @ a).sum().item()   # warm up the library

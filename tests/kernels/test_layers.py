@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels import (
+from pgt.kernels import (
     batched_dense_forward,
     dense_backward,
     dense_forward,

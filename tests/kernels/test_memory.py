@@ -1,7 +1,7 @@
 """Memory capacity: a memoryless ring remembers nothing; the measure is bounded."""
 
-from kernels import RingParams
-from kernels._memory import memory_capacity, memory_curve
+from pgt.kernels import RingParams
+from pgt.kernels._memory import memory_capacity, memory_curve
 
 
 def test_a_ring_without_feedback_has_no_memory_of_past_inputs():

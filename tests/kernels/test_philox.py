@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels import accumulate, directions, philox4x32
+from pgt.kernels import accumulate, directions, philox4x32
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kernels import RingParams, directions, ring_backward, ring_forward
-from kernels._ring import NOISE_STREAM, detector_noise
+from pgt.kernels import RingParams, directions, ring_backward, ring_forward
+from pgt.kernels._ring import NOISE_STREAM, detector_noise
 
 
 def test_shapes_and_non_negative_detector_power():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels._transformer import (
+from pgt.kernels._transformer import (
     BLOCK_PARAMS,
     attention_backward,
     attention_forward,

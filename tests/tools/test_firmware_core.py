@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from backends._messages import (
+from pgt.backends._messages import (
     Configure,
     ConfigureAck,
     ErrorCode,
@@ -35,7 +35,7 @@ from backends._messages import (
     Safe,
     SafeAck,
 )
-from backends._wire import Frame, FrameDecoder, dequantize_features, encode_frame
+from pgt.backends._wire import Frame, FrameDecoder, dequantize_features, encode_frame
 from tests.backends.test_wire import GOLDEN, V2_PING, doc_hex_blocks, raw_frame
 
 FIRMWARE = Path(__file__).parents[2] / "tools" / "firmware"

@@ -16,8 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from backends._messages import Configure, Forward
-from backends._wire import encode_frame
+from pgt.backends._messages import Configure, Forward
+from pgt.backends._wire import encode_frame
 from tests.backends.test_wire import GOLDEN
 from tests.tools.test_firmware_core import FIRMWARE, codes, make, session_stream
 
