@@ -23,7 +23,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || { echo "gpu_check: installing .whl/ failed"; exit 1; }
 fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# This checkout itself, as the one import package pgt (agent/ is pgt, backends/ and
+# kernels/ are pgt.backends and pgt.kernels): built here with the image's setuptools.
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site . || { echo "gpu_check: installing this checkout failed"; exit 1; }
 
 "$PY" - <<'EOF' 2>&1 | tee "$LOGS/env.log" || exit 1
 import importlib, sys

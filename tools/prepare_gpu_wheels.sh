@@ -6,7 +6,8 @@
 #   bash tools/prepare_gpu_wheels.sh [DEST] [--all]
 #
 # By default: the project's dependencies that the GPU image lacks (trio and its
-# outcome/sniffio, structlog, pyserial, tomli-w, cobs, pytest-trio). The image already
+# outcome/sniffio, structlog, pyserial, tomli-w, cobs, pytest-trio, and setuptools to
+# build this checkout there). The image already
 # has NumPy, CuPy, scikit-learn, SciPy, joblib, threadpoolctl, pytest, hypothesis,
 # attrs, idna and sortedcontainers; --all fetches those too (except NumPy and CuPy,
 # which must match the image's CUDA), for an image without them (about 45 MB more).
@@ -24,7 +25,7 @@ for arg in "$@"; do
     esac
 done
 
-names=(trio outcome sniffio structlog pyserial tomli-w cobs pytest-trio)
+names=(trio outcome sniffio structlog pyserial tomli-w cobs pytest-trio setuptools)
 if [[ $all == 1 ]]; then
     names+=(attrs sortedcontainers idna scikit-learn scipy joblib threadpoolctl pytest
             pluggy iniconfig packaging hypothesis)
