@@ -28,10 +28,11 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 # Closed vocabularies; a value outside them is a ConfigError.
 _CHOICES = {
     "device": ("cpu", "gpu"),
-    "data.name": ("digits", "digit_rows", "delayed_parity"),
+    "data.name": ("digits", "digit_rows", "delayed_parity", "narma10", "mackey_glass"),
+    "data.task": ("auto", "classification", "regression"),
     "model.name": ("dense", "transformer"),
     "model.pool": ("mean", "last"),
-    "estimator.name": ("interface", "pgt", "spsa", "readout", "backprop"),
+    "estimator.name": ("interface", "pgt", "spsa", "readout", "ridge", "backprop"),
     "estimator.form": ("central", "one-sided"),
     "estimator.distribution": ("rademacher", "gaussian"),
     "optimizer.name": ("adam", "sgd"),
@@ -40,7 +41,8 @@ _CHOICES = {
 _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every",
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
              "train.checkpoint_seconds", "model.feature_scale", "model.d_model",
-             "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits")
+             "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits",
+             "data.window", "data.length")
 _NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay",
                  "reservoir.trial_timeout_s")
 
@@ -190,6 +192,11 @@ def _check_values(cfg: Config) -> None:
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError("config: 'data.test_fraction' must be between 0 and 1, "
                           f"got {cfg.data.test_fraction!r}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("config: 'data.val_fraction' must be at least 0 and below 1, "
+                          f"got {cfg.data.val_fraction!r}")
+    if not cfg.data.label.strip():
+        raise ConfigError("config: 'data.label' must name a column, got an empty string")
     if cfg.model.d_model % cfg.model.heads:
         raise ConfigError(f"config: 'model.heads' ({cfg.model.heads}) must divide "
                           f"'model.d_model' ({cfg.model.d_model})")

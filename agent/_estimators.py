@@ -12,6 +12,7 @@ stored: direction k of step s is regenerated from (seed, s, k) (kernels.directio
 | spsa      | every parameter, Spall    | 2                                          |
 | interface | the ring's inputs, per sample; exact backward through the digital layers | 2K+1 / K+1 |
 | readout   | nothing; layers after the ring only | 1                                |
+| ridge     | nothing; a closed-form linear readout (pgt._ridge) | one pass of train + val |
 | backprop  | nothing; exact gradient through the simulated ring | 1                 |
 """
 
@@ -328,7 +329,19 @@ class Backprop(Estimator):
         return ev.pack(**post, **ev.pre_grads(grad_u)), state, {}
 
 
-ESTIMATORS = {cls.name: cls for cls in (PGT, SPSA, Interface, Readout, Backprop)}
+class Ridge(Estimator):
+    """Classic reservoir computing done in closed form: the trainer passes the training
+    and validation parts through the ring once and solves a ridge readout
+    (pgt._ridge); there are no gradient steps to ask for."""
+
+    name = "ridge"
+    closed_form = True
+
+    def ask(self, state, step):
+        raise NotImplementedError("ridge is solved in closed form (Trainer.fit_ridge)")
+
+
+ESTIMATORS = {cls.name: cls for cls in (PGT, SPSA, Interface, Readout, Ridge, Backprop)}
 
 
 def make_estimator(cfg: EstimatorConfig, seed: int) -> Estimator:

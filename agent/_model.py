@@ -1,4 +1,5 @@
-"""The paper's dense model: input -> dense -> tanh -> ring -> dense -> classes.
+"""The paper's dense model: input -> dense -> tanh -> ring -> dense -> classes (or
+regression outputs).
 
 The model owns its digital layers and a flat parameter vector; the ring is a slot
 filled by whatever reservoir the agent hands it. ``pre`` computes the ring's
@@ -17,11 +18,22 @@ import numpy as np
 from pgt.kernels import (
     batched_dense_forward,
     dense_backward,
+    mean_squared_error,
+    mean_squared_error_backward,
     softmax_cross_entropy,
     softmax_cross_entropy_backward,
     tanh_backward,
     tanh_forward,
 )
+
+_HEADS = {"classification": (softmax_cross_entropy, softmax_cross_entropy_backward),
+          "regression": (mean_squared_error, mean_squared_error_backward)}
+
+
+def loss_head(task: str):
+    """(per-sample loss and outputs, its backward) of a task: softmax cross-entropy
+    over classes, or squared error averaged over regression outputs."""
+    return _HEADS[task]
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,7 @@ class Layout:
     n_in: int
     n_ring_in: int
     n_ring_out: int
-    n_classes: int
+    n_classes: int      # the head's width: classes, or regression outputs
 
     # Cached: the per-probe layers read them on every call (a frozen dataclass's
     # cached_property writes the instance __dict__ directly).
@@ -68,9 +80,12 @@ class DenseRingModel:
     that the readout sees numbers of order one.
     """
 
-    def __init__(self, layout: Layout, feature_scale: float = 1.0) -> None:
+    def __init__(self, layout: Layout, feature_scale: float = 1.0,
+                 task: str = "classification") -> None:
         self.layout = layout
         self.feature_scale = feature_scale
+        self.task = task
+        self._loss, self._loss_backward = loss_head(task)
 
     def init_params(self, seed: int, init_scale: float = 1.0) -> np.ndarray:
         rng = np.random.default_rng([seed, 0x1417])
@@ -95,20 +110,21 @@ class DenseRingModel:
         return tanh_forward(batched_dense_forward(x, p["w1"], p["b1"]))
 
     def post(self, theta, feats, y):
-        """Per-sample losses (P, B) and softmax probabilities from features (P, B, F)."""
+        """Per-sample losses (P, B) and the head's outputs (softmax probabilities, or
+        predictions) from features (P, B, F)."""
         return self.post_scaled(theta, feats / self.feature_scale, y)
 
     def post_scaled(self, theta, scaled, y):
         """``post`` of features already divided by ``feature_scale``."""
         p = self._unpack(theta, ("w2", "b2"))
         logits = batched_dense_forward(scaled, p["w2"], p["b2"])
-        return softmax_cross_entropy(logits, y)
+        return self._loss(logits, y)
 
     def post_backward(self, theta, feats, probs, y):
         """Exact gradient of the mean loss w.r.t. (w2, b2) and the features, single θ."""
         p = self._unpack(theta)
         batch = y.shape[0]
-        grad_logits = softmax_cross_entropy_backward(probs, y, np.full(batch, 1.0 / batch))
+        grad_logits = self._loss_backward(probs, y, np.full(batch, 1.0 / batch))
         scaled = feats / self.feature_scale
         grad_feats, gw2, gb2 = dense_backward(scaled, p["w2"][0], grad_logits)
         return {"w2": gw2, "b2": gb2, "features": grad_feats / self.feature_scale}

@@ -12,15 +12,25 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    name: str = "digits"            # dataset: "digits" (scikit-learn's, ships offline),
-                                    # "digit_rows" (the same, as 8 tokens of 8 pixels) or
-                                    # "delayed_parity" (generated bits, one per token)
-    test_fraction: float = 0.25     # share of samples held out for testing
+    name: str = "digits"            # a dataset that ships: "digits" (scikit-learn's), "digit_rows"
+                                    # (the same, as 8 tokens of 8 pixels), "delayed_parity"
+                                    # (generated bits), "narma10" or "mackey_glass" (generated
+                                    # series, one-step-ahead prediction); see pgt._data
+    path: str = ""                  # a .csv or .npz file of your own (replaces name when set)
+    label: str = "label"            # .csv: the label column; every other column is a feature
+    task: str = "auto"              # auto | classification | regression (auto: text or whole
+                                    # numbers are classes; a named dataset knows its task)
+    test_fraction: float = 0.25     # share of samples held out for testing (unless the
+                                    # file has x_test and y_test)
+    val_fraction: float = 0.1       # share of the rest held out for validation: the run's
+                                    # best checkpoint is chosen on it (0: no validation)
     batch_size: int = 32            # samples per training step
-    split_seed: int = 0             # seeds the stratified train/test split (and generation)
+    split_seed: int = 0             # seeds the splits (and generation)
     seq_len: int = 16               # delayed_parity: bits per sequence
     delay: int = 2                  # delayed_parity: steps between the parity window and the end
     parity_bits: int = 2            # delayed_parity: how many consecutive bits are XORed
+    window: int = 16                # narma10, mackey_glass: past values per sample (tokens)
+    length: int = 2000              # narma10, mackey_glass: samples generated
 
 
 @dataclass
@@ -46,7 +56,7 @@ class ReservoirConfig:
 
 @dataclass
 class EstimatorConfig:
-    name: str = "interface"         # interface | pgt | spsa | readout | backprop
+    name: str = "interface"         # interface | pgt | spsa | readout | ridge | backprop
     k: int = 4                      # perturbation directions per step
     sigma: float = 0.05             # perturbation scale
     form: str = "central"           # central | one-sided

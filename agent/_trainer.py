@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from pgt._data import batch_indices, load_dataset
+from pgt._data import batch_indices, open_dataset
+from pgt._metrics import score
 from pgt._estimators import INPUT_STREAM, INPUTS, NONE, PARAM_STREAM, PARAMS, make_estimator
 from pgt._model import DenseRingModel, Layout
 from pgt._optim import make_optimizer
@@ -67,23 +68,30 @@ def build_model(cfg: Config, data, info):
         return TransformerRingModel(
             tokens=data.tokens, patch=data.n_features // data.tokens,
             ring_inputs=info.n_inputs, ring_features=info.n_features,
-            n_classes=data.n_classes, d_model=m.d_model, heads=m.heads,
-            mlp_width=m.mlp_width, pool=m.pool, feature_scale=m.feature_scale)
-    layout = Layout(data.n_features, info.n_inputs, info.n_features, data.n_classes)
-    return DenseRingModel(layout, m.feature_scale)
+            n_classes=data.n_outputs, d_model=m.d_model, heads=m.heads,
+            mlp_width=m.mlp_width, pool=m.pool, feature_scale=m.feature_scale,
+            task=data.task)
+    layout = Layout(data.n_features, info.n_inputs, info.n_features, data.n_outputs)
+    return DenseRingModel(layout, m.feature_scale, task=data.task)
 
 
 class Trainer:
     """A model around a reservoir, trained by the configured estimator."""
 
-    def __init__(self, cfg: Config, reservoir) -> None:
+    def __init__(self, cfg: Config, reservoir, data=None) -> None:
+        """``data``: the run's Dataset, when the caller has opened it already (else
+        ``open_dataset(cfg.data)``)."""
         self.cfg = cfg
         self.reservoir = reservoir
-        self.data = load_dataset(cfg.data.name, cfg.data.test_fraction, cfg.data.split_seed,
-                                 cfg.data)
-        self.model = build_model(cfg, self.data, reservoir.info)
-        layout = self.model.layout
+        self.data = data if data is not None else open_dataset(cfg.data)
         self.estimator = make_estimator(cfg.estimator, cfg.seed)
+        self.model = build_model(cfg, self.data, reservoir.info)
+        if getattr(self.estimator, "closed_form", False):
+            from pgt._ridge import LinearReadoutModel
+
+            self.model = LinearReadoutModel(self.model, reservoir.info.n_features,
+                                            self.data.n_outputs, self.data.task)
+        layout = self.model.layout
         self.optimizer = make_optimizer(cfg.optimizer)
         self.params = self.model.init_params(cfg.seed, cfg.model.init_scale)
         self.opt_state = self.optimizer.init(layout.dim)
@@ -91,7 +99,8 @@ class Trainer:
         self.step = 0
         self.ring_evals = 0
         self.eval_ring_evals = 0
-        self.total_steps = cfg.train.steps
+        # A closed-form fit is one step, however many train.steps says.
+        self.total_steps = 1 if getattr(self.estimator, "closed_form", False) else cfg.train.steps
 
     _ring_wait_s = 0.0   # time spent awaiting the ring (device, link, queue): step timing
 
@@ -175,6 +184,8 @@ class Trainer:
         known when it knows the link's rate); ``time_ring_s``: the rest of the time
         awaiting the ring; ``time_host_s``: everything else (digital layers, estimator).
         """
+        if getattr(self.estimator, "closed_form", False):
+            return await self.fit_ridge()
         t0, ring0 = trio.current_time(), self._ring_wait_s
         link0 = getattr(self.reservoir, "link_seconds", 0.0)
         idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
@@ -207,16 +218,55 @@ class Trainer:
             return 0.5 * (1.0 + np.cos(np.pi * self.step / max(1, self.total_steps)))
         return 1.0
 
-    async def evaluate(self) -> dict[str, float]:
-        """Test-set accuracy and loss of the current parameters, through the ring."""
-        x, y = self.data.x_test, self.data.y_test
+    async def features(self, x: np.ndarray) -> np.ndarray:
+        """The ring's features of samples ``x`` at the current parameters (B, F)."""
         u = np.clip(self.model.pre(self.params, x)[0], -1.0, 1.0)
-        feats = await self._ring(u)
-        self.eval_ring_evals += len(u)
-        losses, probs = self.model.post(self.params, feats[None], y)
-        accuracy = float((probs[0].argmax(axis=1) == y).mean())
-        return {"test_accuracy": accuracy, "test_loss": float(losses.mean()),
-                "eval_ring_evals": self.eval_ring_evals}
+        return await self._ring(u)
+
+    async def outputs(self, x: np.ndarray, y=None):
+        """The model's outputs (probabilities or predictions) of ``x`` through the ring,
+        and the per-sample losses when labels ``y`` are given."""
+        feats = await self.features(x)
+        self.eval_ring_evals += len(x)
+        if y is None:   # the heads need labels only for the loss
+            y = (np.zeros(len(x), dtype=np.int64) if self.data.task == "classification"
+                 else np.zeros((len(x), self.data.n_outputs)))
+        losses, out = self.model.post(self.params, feats[None], y)
+        return out[0], losses[0]
+
+    async def evaluate(self) -> dict[str, float]:
+        """Validation (when the data has it) and test metrics of the current parameters,
+        through the ring: ``val_*`` and ``test_*`` (accuracy and loss, or the
+        regression errors; pgt._metrics)."""
+        result = {}
+        for part in ("val", "test") if self.data.x_val is not None else ("test",):
+            x, y = self.data.part(part)
+            out, losses = await self.outputs(x, y)
+            result.update({f"{part}_{k}": v for k, v in score(self.data.task, out, y, losses).items()})
+        result["eval_ring_evals"] = self.eval_ring_evals
+        return result
+
+    async def fit_ridge(self) -> dict[str, float]:
+        """Estimator ``ridge``: the training and validation parts through the ring once,
+        then the readout in closed form, λ chosen on validation (pgt._ridge)."""
+        from pgt._data import DataError
+        from pgt._ridge import fit_ridge
+
+        if self.data.x_val is None:
+            raise DataError("estimator 'ridge' chooses its regularisation on the validation "
+                            "split: set data.val_fraction above 0")
+        t0 = trio.current_time()
+        f_train = await self.features(self.data.x_train)
+        f_val = await self.features(self.data.x_val)
+        self.ring_evals += len(f_train) + len(f_val)
+        w, b, info = fit_ridge(f_train, self.data.y_train, f_val, self.data.y_val, self.data.task)
+        sl = self.model.layout.slices
+        self.params = self.params.copy()
+        self.params[sl["w_r"]], self.params[sl["b_r"]] = w.ravel(), b
+        losses, _ = self.model.post(self.params, f_train[None], self.data.y_train)
+        self.step = self.total_steps
+        return {"step": self.step, "loss": float(losses.mean()), "ring_evals": self.ring_evals,
+                **info, "time_host_s": trio.current_time() - t0}
 
     # -- resume -----------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from pgt._config import ConfigError
-from pgt._model import pack_grads
-from pgt.kernels import softmax_cross_entropy, softmax_cross_entropy_backward, tanh_backward
+from pgt._model import loss_head, pack_grads
+from pgt.kernels import tanh_backward
 from pgt.kernels._transformer import (
     block_backward,
     block_forward,
@@ -64,7 +64,8 @@ class TransformerRingModel:
 
     def __init__(self, *, tokens: int, patch: int, ring_inputs: int, ring_features: int,
                  n_classes: int, d_model: int = 16, heads: int = 2, mlp_width: int = 32,
-                 pool: str = "mean", feature_scale: float = 1.0) -> None:
+                 pool: str = "mean", feature_scale: float = 1.0,
+                 task: str = "classification") -> None:
         if ring_inputs % tokens or ring_features % tokens:
             raise ConfigError(f"config: a transformer over {tokens} tokens needs a reservoir "
                               f"whose inputs ({ring_inputs}) and features ({ring_features}) "
@@ -73,6 +74,8 @@ class TransformerRingModel:
         self.per_token_in = ring_inputs // tokens
         self.per_token_out = ring_features // tokens
         self.feature_scale = feature_scale
+        self.task = task
+        self._loss, self._loss_backward = loss_head(task)
         d, block = d_model, block_shapes(d_model, mlp_width)
         sizes = {"embed_w": (patch, d), "embed_b": (d,), "pos": (tokens, d),
                  **{f"block1.{k}": s for k, s in block.items()},
@@ -163,7 +166,7 @@ class TransformerRingModel:
         return logits, (scaled, block, ln, pooled)
 
     def post(self, theta, feats, y):
-        """Per-sample losses (P, B) and softmax probabilities from features (P, B, F)."""
+        """Per-sample losses (P, B) and the head's outputs from features (P, B, F)."""
         stack = theta if theta.ndim == 2 else theta[None]
         n_probes, batch = feats.shape[:2]
         rows, _ = self._distinct(stack)
@@ -172,14 +175,14 @@ class TransformerRingModel:
             logits = logits.reshape(n_probes, batch, -1)
         else:
             logits = np.stack([self._post_one(self._params(stack[i]), feats[i])[0] for i in rows])
-        return softmax_cross_entropy(logits, y)
+        return self._loss(logits, y)
 
     def post_backward(self, theta, feats, probs, y):
         """Exact gradient of the mean loss w.r.t. the post-ring layers and the features."""
         p = self._params(theta)
         scaled, block, ln, pooled = self._post_one(p, feats)[1]
         batch = y.shape[0]
-        grad_logits = softmax_cross_entropy_backward(probs, y, np.full(batch, 1.0 / batch))
+        grad_logits = self._loss_backward(probs, y, np.full(batch, 1.0 / batch))
         grad_pooled, g_hw, g_hb = linear_backward(pooled, p["head_w"], grad_logits)
         grad_normed = pool_backward(grad_pooled, self.tokens, self.pool)
         grad_h3, g_lg, g_lb = layer_norm_backward(ln, p["ln_g"], grad_normed)

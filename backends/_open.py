@@ -1,4 +1,12 @@
-"""``open_reservoir(url)``: from a URL to an opened backend."""
+"""``open_reservoir(url)``: from a URL to an opened backend.
+
+The built-in schemes are sim, serial, socket and emu. Other packages add schemes
+through the entry-point group ``pgt.reservoirs``: the entry point's name is the
+scheme, its value an ``opener(url: str, *, seed: int, device: str)`` returning (or,
+``async def``, returning an awaitable of) an async context manager that yields the
+Reservoir, or the Reservoir itself. Entry points are read when a URL is opened, and
+cannot replace a built-in scheme; backends/_plugins.py has the whole contract.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from pgt.backends._protocol import Reservoir, ReservoirURLError
 from pgt.backends._sim import SimRing
 from pgt.kernels import RingParams
 
+BUILTIN_SCHEMES = ("sim", "serial", "socket", "emu")
 _SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int}
 
 
@@ -60,8 +69,14 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     ``sim://identity``: a memoryless control whose features are its inputs.
     ``serial:///dev/ttyACM0?baud=115200``, ``socket://127.0.0.1:7000``, ``emu://``:
     a microcontroller speaking docs/protocol.md (parameters: backends/_device_open.py).
-    Raises ReservoirURLError (one line, naming the problem) for an unknown scheme or
-    a bad parameter, and DeviceUnavailable when a device cannot be reached.
+    Any other scheme is looked up among the ``pgt.reservoirs`` entry points (found at
+    call time; built-ins win): ``opener(url, seed=seed, device=device)`` may return an
+    async context manager yielding the Reservoir (entered for the ``async with``), the
+    Reservoir itself, or an awaitable of either (backends/_plugins.py).
+    Raises ReservoirURLError (one line, naming the problem) for an unknown scheme
+    (listing the known ones, plugins included), a bad parameter or a plugin that fails
+    to load; ReservoirError naming the plugin and its distribution when its opener
+    fails or returns no reservoir; DeviceUnavailable when a device cannot be reached.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "sim":
@@ -72,5 +87,7 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
         async with open_device_url(url, seed=seed) as reservoir:
             yield reservoir
         return
-    raise ReservoirURLError(f"reservoir URL {url!r}: unknown scheme {parsed.scheme!r} "
-                            f"(known: sim, serial, socket, emu)")
+    from pgt.backends._plugins import open_plugin
+    async with open_plugin(url, parsed.scheme, seed=seed, device=device,
+                           builtins=BUILTIN_SCHEMES) as reservoir:
+        yield reservoir

@@ -7,6 +7,8 @@ from pgt.kernels._layers import (
     batched_dense_forward,
     dense_backward,
     dense_forward,
+    mean_squared_error,
+    mean_squared_error_backward,
     softmax_cross_entropy,
     softmax_cross_entropy_backward,
     tanh_backward,
@@ -19,7 +21,8 @@ from pgt.kernels._xp import DeviceError, array_module, get_xp, to_numpy
 __all__ = [
     "DISTRIBUTIONS", "NOISE_STREAM", "DeviceError", "RingParams", "accumulate", "array_module",
     "batched_dense_forward", "dense_backward", "dense_forward", "detector_noise", "directions",
-    "fused_accumulate", "fused_ring_forward", "fused_ring_supported", "get_xp", "philox4x32",
+    "fused_accumulate", "fused_ring_forward", "fused_ring_supported", "get_xp",
+    "mean_squared_error", "mean_squared_error_backward", "philox4x32",
     "ring_backward", "ring_forward", "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "tanh_backward", "tanh_forward", "to_numpy",
 ]

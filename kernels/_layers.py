@@ -68,3 +68,18 @@ def softmax_cross_entropy_backward(probs, labels, grad_losses):
     rows = xp.arange(labels.shape[0])
     grad[..., rows, labels] -= 1.0
     return grad * grad_losses[..., None]
+
+
+def mean_squared_error(pred, target):
+    """Per-sample squared error, averaged over outputs, and the predictions.
+
+    pred (..., B, m), target (B, m). Returns (losses (..., B), pred): the same pair
+    ``softmax_cross_entropy`` returns, so a model's head can be either.
+    """
+    diff = pred - target
+    return (diff * diff).mean(axis=-1), pred
+
+
+def mean_squared_error_backward(pred, target, grad_losses):
+    """Gradient of per-sample squared errors w.r.t. the predictions."""
+    return (2.0 / pred.shape[-1]) * (pred - target) * grad_losses[..., None]
