@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "latest_checkpoint",
+__all__ = ["BEST", "CheckpointError", "FORMAT_VERSION", "best_checkpoint", "latest_checkpoint",
            "load_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
+BEST = "best"   # the checkpoint of the best validation metric so far
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
 _RESERVED = ("format_version", "step", "created", "sha256", "arrays")
@@ -40,12 +41,14 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(run_dir: str | Path, step: int, arrays: Mapping[str, np.ndarray],
-                    meta: Mapping[str, Any], *, keep: int = 3) -> Path:
+                    meta: Mapping[str, Any], *, keep: int = 3, name: str | None = None) -> Path:
     """Write ``step-<step>`` atomically, keep the newest ``keep``; return its path.
 
-    ``meta`` must be JSON-serialisable and must not use the reserved keys. An
-    existing checkpoint of the same step is replaced. Raises ``OSError`` when the
-    disk refuses, ``ValueError`` for object arrays or reserved meta keys.
+    ``name`` (such as ``BEST``) writes that checkpoint instead, outside the numbered
+    ones: it is never pruned and never the latest. ``meta`` must be JSON-serialisable
+    and must not use the reserved keys. An existing checkpoint of the same step (or
+    name) is replaced. Raises ``OSError`` when the disk refuses, ``ValueError`` for
+    object arrays or reserved meta keys.
     """
     if clash := set(meta) & set(_RESERVED):
         raise ValueError(f"meta keys {sorted(clash)} are reserved")
@@ -62,13 +65,14 @@ def save_checkpoint(run_dir: str | Path, step: int, arrays: Mapping[str, np.ndar
                   "arrays": sorted(arrays), **meta}
         _write_synced(tmp / "meta.json", json.dumps(record, indent=2).encode() + b"\n")
         _fsync_dir(tmp)
-        final = root / f"step-{step}"
+        final = root / (name or f"step-{step}")
         _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(root)
-    _prune(root, keep)
+    if name is None:
+        _prune(root, keep)
     return final
 
 
@@ -76,6 +80,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory of a run, or None if there is none."""
     steps = _checkpoints(Path(run_dir) / "checkpoints")
     return steps[-1] if steps else None
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's best-validation checkpoint directory, or None if it has none."""
+    path = Path(run_dir) / "checkpoints" / BEST
+    return path if path.is_dir() else None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-__all__ = ["Progress", "human_count", "human_duration", "result_line"]
+__all__ = ["Progress", "human_count", "human_duration", "metric_text", "result_line"]
 
 
 def human_count(n: float) -> str:
@@ -46,12 +46,14 @@ class Progress:
     """
 
     def __init__(self, *, status: TextIO | None = None, result: TextIO | None = None,
-                 live: bool | None = None, quiet: bool = False, max_rate: float = 5.0,
+                 live: bool | None = None, quiet: bool = False, silent: bool = False,
+                 max_rate: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._status = status or sys.stderr
         self._result = result or sys.stdout
         self._live = self._status.isatty() if live is None else live
-        self._quiet = quiet
+        self._quiet = quiet or silent
+        self._silent = silent   # not even the result line: library calls never print
         self._interval = 1.0 / max_rate
         self._clock = clock
         self._last_draw = -float("inf")
@@ -74,7 +76,8 @@ class Progress:
 
     def eval(self, metrics: Mapping[str, Any]) -> None:
         """An evaluation finished; a plain line off a terminal."""
-        self._state["acc"] = metrics.get("test_accuracy")
+        self._state["acc"] = metric_text(metrics) if (
+            "test_accuracy" in metrics or "test_nmse" in metrics) else None
         if self._quiet:
             return
         if self._live:
@@ -91,7 +94,8 @@ class Progress:
     def finish(self, line: str) -> None:
         """Clear the live line and print the one result line on stdout."""
         self._clear()
-        print(line, file=self._result, flush=True)
+        if not self._silent:
+            print(line, file=self._result, flush=True)
 
     def elapsed(self) -> float:
         """Seconds of this run, earlier sessions included."""
@@ -103,7 +107,7 @@ class Progress:
         if s["loss"] is not None:
             parts.append(f"loss {s['loss']:.4f}")
         if s["acc"] is not None:
-            parts.append(f"test {100 * s['acc']:.1f}%")
+            parts.append(f"test {s['acc'].split(' (')[0]}")
         parts.append(f"ring evals {human_count(s['ring_evals'])}")
         parts.append(f"elapsed {human_duration(self.elapsed())}")
         if (left := self._time_left()) is not None:
@@ -130,14 +134,32 @@ class Progress:
             self._drawn = False
 
 
+def metric_text(result: Mapping[str, Any], prefix: str = "test_") -> str:
+    """A part's primary metrics in words: "98.0%" or "NMSE 0.0123 (NRMSE 0.111, R² 0.988)"."""
+    if result.get("task") == "regression" or f"{prefix}nmse" in result:
+        nmse = result.get(f"{prefix}nmse")
+        if nmse is None:
+            return "not measured yet"
+        return (f"NMSE {nmse:.4g} (NRMSE {result[f'{prefix}nrmse']:.4g}, "
+                f"R² {result[f'{prefix}r2']:.4f})")
+    acc = result.get(f"{prefix}accuracy")
+    return f"{100 * acc:.1f}%" if acc is not None else "not measured yet"
+
+
 def result_line(result: Mapping[str, Any]) -> str:
     """The one line a run ends with, from ``run_training``'s result."""
-    acc = result.get("test_accuracy")
-    shown = f"{100 * acc:.1f}%" if acc is not None else "not measured yet"
-    details = (f"(estimator {result['estimator']}, {result['step']} steps, "
+    regression = result.get("task") == "regression"
+    what = "test" if regression else "test accuracy"
+    shown = metric_text(result)
+    best = result.get("best")
+    if best:
+        shown += (f"; best validation at step {best['step']}: {what} "
+                  f"{metric_text({'task': result.get('task'), **best})}")
+    steps = result["step"]
+    details = (f"(estimator {result['estimator']}, {steps} step{'s' if steps != 1 else ''}, "
                f"{human_count(result['ring_evals'])} ring evaluations, "
                f"{human_duration(result['elapsed_s'])}) run {result['run_dir']}")
     if result["reason"] == "finished":
-        return f"test accuracy {shown} {details}"
-    return (f"stopped at step {result['step']} of {result['total_steps']}, last test "
-            f"accuracy {shown} {details}; pgt resume {result['run_dir']} continues it")
+        return f"{what} {shown} {details}"
+    return (f"stopped at step {result['step']} of {result['total_steps']}, last {what} "
+            f"{shown} {details}; pgt resume {result['run_dir']} continues it")

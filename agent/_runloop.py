@@ -16,10 +16,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
-from pgt._checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
-                               save_checkpoint)
+from pgt._checkpoint import (BEST, CheckpointError, best_checkpoint, latest_checkpoint,
+                             load_checkpoint, save_checkpoint)
 from pgt._config import config_to_toml, load_config
 from pgt._logging import configure_logging, get_logger
 from pgt._progress import Progress, result_line
@@ -29,6 +30,9 @@ __all__ = ["RunDirError", "RunInterrupted", "evaluate_run", "freeze_startup_obje
            "new_run_dir", "read_run_config", "run_training"]
 
 CONFIG_FILE = "config.toml"
+DATA_FILE = "data.json"        # where the run's data came from and how it was prepared
+ARRAYS_FILE = "data.npz"       # arrays handed to the Python API, kept with the run
+OBJECT_SCHEME = "object://"    # reservoir.url of a run given a reservoir object in Python
 
 
 class RunDirError(Exception):
@@ -98,55 +102,149 @@ def _create(run_dir: Path, cfg: Config) -> None:
     (run_dir / CONFIG_FILE).write_text(config_to_toml(cfg), encoding="utf-8")
 
 
+def open_run_data(cfg: Config, run_dir: Path, *, resume: bool, arrays=None):
+    """The run's Dataset, opened before any device is: a data error costs nothing.
+
+    ``arrays`` (x, y, x_test, y_test) from the Python API, for a new run; a resumed or
+    evaluated run reopens its file (an API run's own ``data.npz``) and refuses, in one
+    line, one whose checksum differs from the one the run recorded.
+    """
+    from pgt._data import DataError, dataset_from_arrays, open_dataset
+
+    if arrays is not None and not resume:
+        data = dataset_from_arrays(*arrays, cfg=cfg.data, source=ARRAYS_FILE)
+        return data
+    data = open_dataset(cfg.data, base=run_dir if resume else None)
+    saved = _read_data_info(run_dir) if resume else None
+    if saved and saved.get("sha256") and saved["sha256"] != data.info.get("sha256"):
+        raise DataError(f"data file {data.info.get('source')} changed since the run started "
+                        f"(sha256 {saved['sha256'][:12]}… then, "
+                        f"{str(data.info.get('sha256'))[:12]}… now); resume and eval need "
+                        f"the file the run was trained on")
+    return data
+
+
+def _read_data_info(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / DATA_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RunDirError(f"{path} is unreadable: the run's record of its data is damaged") from None
+
+
+def _write_data(run_dir: Path, data: Any, arrays) -> None:
+    """data.json (the dataset's provenance and preparation) and an API run's arrays."""
+    import hashlib
+    import json
+
+    from pgt._checkpoint import _npz_bytes, _write_synced
+
+    info = dict(getattr(data, "info", {}) or {})
+    if arrays is not None:
+        x, y, x_test, y_test = arrays
+        named = {"x": x, "y": y, **({"x_test": x_test, "y_test": y_test} if x_test is not None else {})}
+        blob = _npz_bytes({k: np.asarray(v) for k, v in named.items()})
+        _write_synced(run_dir / ARRAYS_FILE, blob)
+        info["sha256"] = hashlib.sha256(blob).hexdigest()
+    if info:
+        (run_dir / DATA_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+def _object_reservoir(cfg: Config, reservoir: Any) -> Any:
+    """An async context for a reservoir object handed in from Python."""
+    import contextlib
+
+    if reservoir is not None:
+        return contextlib.nullcontext(reservoir)
+    urls = cfg.reservoir.urls or [cfg.reservoir.url]
+    if any(u.startswith(OBJECT_SCHEME) for u in urls):
+        raise RunDirError(f"this run's reservoir ({urls[0]}) was an object handed to pgt.train "
+                          f"in Python: resume or evaluate it from Python with reservoir=..., "
+                          f"or give it a URL scheme (entry-point group pgt.reservoirs)")
+    return None
+
+
 async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
                        progress: Progress | None = None, make_trainer: Any = None,
-                       open_reservoir: Any = None) -> dict[str, Any]:
+                       open_reservoir: Any = None, reservoir: Any = None, arrays=None,
+                       signals: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; return its final metrics.
 
     ``make_trainer(cfg, reservoir)`` and ``open_reservoir(url, seed=, device=)``
-    default to the real ``Trainer`` and ``backends.open_reservoir``. Raises
-    RunDirError, CheckpointError (before any work), the backend's errors and
-    RunInterrupted (second signal), the latter possibly inside an ExceptionGroup.
+    default to the real ``Trainer`` and ``pgt.backends.open_reservoir``; ``reservoir``
+    is an already-open reservoir object to use instead of the configured URL, and
+    ``arrays`` the (x, y, x_test, y_test) of a run on data in memory. ``signals``:
+    whether SIGINT/SIGTERM stop the run cleanly (only possible in the main thread).
+    Raises RunDirError, CheckpointError, DataError (before any work), the backend's
+    errors and RunInterrupted (second signal), possibly inside an ExceptionGroup.
     """
     checkpoint = _load_latest(run_dir) if resume else None  # fail before any work
     if not resume:
         _check_free(run_dir)
+    real = make_trainer is None
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
+    data = open_run_data(cfg, run_dir, resume=resume, arrays=arrays) if real else None
     # The device opens before the run directory exists: a bad URL leaves nothing.
     from pgt._pool import open_devices   # imports the backends: only when a run starts
-    async with open_devices(cfg, open_reservoir) as reservoir:
-        trainer = make_trainer(cfg, reservoir)
+    context = _object_reservoir(cfg, reservoir) or open_devices(cfg, open_reservoir)
+    async with context as device:
+        trainer = make_trainer(cfg, device, data=data) if real else make_trainer(cfg, device)
         freeze_startup_objects()
         meta: dict[str, Any] = {}
         if checkpoint is not None:
-            path, arrays, meta = checkpoint
-            _restore(trainer, path, arrays)
+            path, arrays_, meta = checkpoint
+            _restore(trainer, path, arrays_)
         if not resume:
             _create(run_dir, cfg)
+            _write_data(run_dir, data, arrays)
         close_logging = configure_logging(run_dir)
         try:
             if checkpoint is not None:
                 get_logger().info("run_resumed", step=trainer.step, checkpoint=path)
-            run = _Run(cfg, run_dir, trainer, progress or Progress(quiet=True), meta)
-            return await run.supervise(resumed=resume)
+            run = _Run(cfg, run_dir, trainer, progress or Progress(silent=True), meta)
+            return await run.supervise(resumed=resume, signals=signals)
         finally:
             close_logging()
 
 
 async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
-                       open_reservoir: Any = None) -> dict[str, Any]:
-    """Test metrics of a run's latest checkpoint. Raises RunDirError, CheckpointError."""
+                       open_reservoir: Any = None, reservoir: Any = None) -> dict[str, Any]:
+    """Test metrics of a run's latest checkpoint, and of its best-validation one when it
+    has one (under "best"). Raises RunDirError, CheckpointError, DataError."""
     cfg = read_run_config(run_dir)
     checkpoint = _load_latest(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     path, arrays, _ = checkpoint
+    best = best_checkpoint(run_dir)
+    best_loaded = load_checkpoint(best) if best is not None else None
+    real = make_trainer is None
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
+    data = open_run_data(cfg, run_dir, resume=True) if real else None
     from pgt._pool import open_devices   # imports the backends: only when a run starts
-    async with open_devices(cfg, open_reservoir) as reservoir:
-        trainer = make_trainer(cfg, reservoir)
+    context = _object_reservoir(cfg, reservoir) or open_devices(cfg, open_reservoir)
+    async with context as device:
+        trainer = make_trainer(cfg, device, data=data) if real else make_trainer(cfg, device)
+        result: dict[str, Any] = {}
+        if best_loaded is not None:
+            _restore(trainer, best, best_loaded[0])
+            result["best"] = {"step": trainer.step, "checkpoint": str(best),
+                              **await trainer.evaluate()}
         _restore(trainer, path, arrays)
-        return {"step": trainer.step, "checkpoint": str(path), **await trainer.evaluate()}
+        result.update({"step": trainer.step, "checkpoint": str(path), **await trainer.evaluate()})
+        if data is not None and data.task == "classification":
+            from pgt._metrics import per_class_accuracy
+
+            out, _ = await trainer.outputs(data.x_test)
+            result["per_class"] = [
+                (name, acc, n) for name, (acc, n) in
+                zip(data.class_names, per_class_accuracy(out, data.y_test, data.n_classes))]
+        result["task"] = data.task if data is not None else "classification"
+        return result
 
 
 _FROZEN = False
@@ -168,7 +266,8 @@ def freeze_startup_objects() -> None:
 
 
 class _Run:
-    """One session of a run: the loop, its schedule and its stop flag."""
+    """One session of a run: the loop, its schedule, its stop flag and its best
+    validation checkpoint."""
 
     def __init__(self, cfg: Config, run_dir: Path, trainer: Any, progress: Progress,
                  meta: dict[str, Any]) -> None:
@@ -176,25 +275,30 @@ class _Run:
         self.log = get_logger()
         self.stop_signal: str | None = None
         self.ring_evals = int(meta.get("ring_evals", 0))
-        self.test: dict[str, Any] = {}
-        if "test_accuracy" in meta:
+        data = getattr(trainer, "data", None)
+        self.task = getattr(data, "task", "classification")
+        self.test: dict[str, Any] = dict(meta.get("last_eval", {}))
+        if not self.test and "test_accuracy" in meta:   # checkpoints before last_eval
             self.test = {"step": meta.get("test_step", meta["step"]),
                          "test_accuracy": meta["test_accuracy"]}
+        self.best: dict[str, Any] = dict(meta.get("best", {}))
         self.saved_step = trainer.step if meta else None
         self.elapsed0 = float(meta.get("elapsed_s", 0.0))
         self.t0 = self.saved_time = trio.current_time()
 
-    async def supervise(self, *, resumed: bool) -> dict[str, Any]:
+    async def supervise(self, *, resumed: bool, signals: bool = True) -> dict[str, Any]:
         """The loop beside a signal watcher; the first signal asks it to stop."""
         c = self.cfg
         self.log.info("run_start", resumed=resumed, step=self.trainer.step,
                       total_steps=self.trainer.total_steps, estimator=c.estimator.name,
                       k=c.estimator.k, sigma=c.estimator.sigma, optimizer=c.optimizer.name,
                       lr=c.optimizer.lr, seed=c.seed, device=c.device,
-                      reservoir=c.reservoir.urls or c.reservoir.url, run_dir=str(self.run_dir))
+                      reservoir=c.reservoir.urls or c.reservoir.url, run_dir=str(self.run_dir),
+                      data=c.data.path or c.data.name, task=self.task)
         self.progress.start(self.trainer.step, self.trainer.total_steps, self.elapsed0)
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._watch_signals)
+            if signals:
+                await nursery.start(self._watch_signals)
             nursery.start_soon(self._watch_device)
             result = await self._loop()
             nursery.cancel_scope.cancel()
@@ -254,8 +358,9 @@ class _Run:
         self.log.info("run_stop", reason=reason, step=trainer.step)
         return {"reason": reason, "step": trainer.step, "total_steps": trainer.total_steps,
                 "estimator": self.cfg.estimator.name, "ring_evals": self.ring_evals,
-                "elapsed_s": self._elapsed(), "run_dir": str(self.run_dir),
-                **{k: v for k, v in self.test.items() if k.startswith("test_")}}
+                "elapsed_s": self._elapsed(), "run_dir": str(self.run_dir), "task": self.task,
+                **{k: v for k, v in self.test.items() if k.startswith(("test_", "val_"))},
+                **({"best": self.best} if self.best else {})}
 
     def _checkpoint_due(self) -> bool:
         every, seconds = self.cfg.train.checkpoint_every, self.cfg.train.checkpoint_seconds
@@ -265,21 +370,36 @@ class _Run:
         return trio.current_time() - self.saved_time >= seconds
 
     async def _evaluate(self) -> None:
+        from pgt._metrics import PRIMARY, better
+
         metrics = await self.trainer.evaluate()
         self.test = {"step": self.trainer.step, **metrics}
         self.log.info("eval", ring_evals=self.ring_evals, **self.test)
         self.progress.eval(metrics)
+        key = f"val_{PRIMARY[self.task][0]}"
+        if key in metrics and better(self.task, metrics[key], self.best.get(key)):
+            # The test set is only reported beside it; it never chooses anything.
+            self.best = {k: v for k, v in self.test.items()
+                         if k == "step" or k.startswith(("val_", "test_"))}
+            self._save(name=BEST)
 
-    def _save(self) -> None:
+    def _save(self, name: str | None = None) -> None:
         meta = {"run_id": self.run_dir.name, "total_steps": self.trainer.total_steps,
                 "ring_evals": self.ring_evals, "elapsed_s": self._elapsed(),
                 **({"test_accuracy": self.test["test_accuracy"],
-                    "test_step": self.test["step"]} if self.test else {})}
+                    "test_step": self.test["step"]} if "test_accuracy" in self.test else {}),
+                "last_eval": _plain(self.test), "best": _plain(self.best)}
         path = save_checkpoint(self.run_dir, self.trainer.step, self.trainer.state_dict(),
-                               meta, keep=self.cfg.train.keep_checkpoints)
-        self.saved_step, self.saved_time = self.trainer.step, trio.current_time()
-        self.log.info("checkpoint_saved", step=self.trainer.step, path=path)
+                               meta, keep=self.cfg.train.keep_checkpoints, name=name)
+        if name is None:
+            self.saved_step, self.saved_time = self.trainer.step, trio.current_time()
+        self.log.info("checkpoint_saved", step=self.trainer.step, path=path,
+                      **({"best": True} if name else {}))
 
     def _elapsed(self) -> float:
         return self.elapsed0 + trio.current_time() - self.t0
 
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON values (for a checkpoint's meta.json)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}

@@ -76,9 +76,20 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pgt._progress import metric_text
+
     result = trio.run(evaluate_run, Path(args.run_dir))
-    print(f"test accuracy {100 * result['test_accuracy']:.1f}%, test loss "
-          f"{result['test_loss']:.4f} (step {result['step']}, {result['checkpoint']})")
+    regression = result.get("task") == "regression"
+    what = "test" if regression else "test accuracy"
+    print(f"{what} {metric_text(result)}, test loss {result['test_loss']:.4f} "
+          f"(step {result['step']}, {result['checkpoint']})")
+    best = result.get("best")
+    if best:
+        validation = metric_text({"task": result.get("task"), **best}, prefix="val_")
+        print(f"best validation ({validation}): {what} {metric_text({'task': result.get('task'), **best})}"
+              f", test loss {best['test_loss']:.4f} (step {best['step']}, {best['checkpoint']})")
+    for name, accuracy, n in result.get("per_class", ()):
+        print(f"  class {name}: {100 * accuracy:.1f}% of {n}")
     return 0
 
 

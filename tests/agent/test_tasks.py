@@ -112,7 +112,8 @@ def test_mackey_glass_sampling_is_a_subsample():
 @pytest.mark.parametrize("kwargs", [
     {"length": 0}, {"length": 10, "washout": -1}, {"length": 10, "tau": 0.0},
     {"length": 10, "dt": 0.0}, {"length": 10, "dt": -0.1}, {"length": 10, "sample_every": 0.25},
-    {"length": 10, "sample_every": 0.0},
+    {"length": 10, "sample_every": 0.0}, {"length": 10, "sample_every": float("nan")},
+    {"length": 10, "tau": 0.05},  # a delay shorter than one step
 ])
 def test_mackey_glass_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="mackey_glass"):
