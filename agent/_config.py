@@ -21,7 +21,7 @@ import tomli_w
 
 from pgt._schema import Config
 
-__all__ = ["ConfigError", "config_to_toml", "load_config"]
+__all__ = ["ConfigError", "config_from", "config_to_toml", "load_config"]
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
@@ -70,6 +70,31 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (),
         _set_dotted(cfg, key.strip(), text.strip(), where="--set", raw=True)
     for key, value in (settings or {}).items():
         _set_dotted(cfg, key, value, where="the command line", raw=False)
+    _check_values(cfg)
+    return cfg
+
+
+def config_from(config: Config | Mapping[str, Any] | None) -> Config:
+    """A checked copy of ``config``: a Config, or a mapping of TOML-style tables
+    (``{"estimator": {"name": "pgt"}}``), dotted keys (``{"estimator.k": 8}``) or both.
+    Raises ``ConfigError`` exactly as a config file would."""
+    import copy
+
+    if config is None:
+        cfg = Config()
+    elif isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, Mapping):
+        cfg = Config()
+        for key, value in config.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"config: keys must be strings, got {key!r}")
+            if "." in key:
+                _set_dotted(cfg, key, value, where="the config", raw=False)
+            else:
+                _set_field(cfg, key, value, "", "the config", raw=False)
+    else:
+        raise ConfigError(f"config: expected a Config or a mapping, got {type(config).__name__}")
     _check_values(cfg)
     return cfg
 

@@ -229,6 +229,8 @@ def dataset_from_arrays(x, y, x_test=None, y_test=None, cfg=None,
 def _from_raw(raw, cfg, where: str, info: dict[str, Any]) -> Dataset:
     """Interpret the labels, split and standardise a file's (or arrays') data."""
     task = _task(raw, cfg.task, where)
+    numeric = raw.y.dtype.kind in "biuf" or _all_parse(raw.y, int)
+    info = {**info, "label_type": "number" if numeric else "text"}
     if task == CLASSIFICATION:
         names, y = _classes(raw.y, where, "y")
         y_test = None if raw.y_test is None else _known_classes(raw.y_test, names, where)

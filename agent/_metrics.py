@@ -30,11 +30,19 @@ def score(task: str, outputs: np.ndarray, y: np.ndarray, losses: np.ndarray) -> 
     return out
 
 
-def better(task: str, new: float, old: float | None) -> bool:
-    """Whether primary metric ``new`` beats ``old`` (None: nothing yet)."""
-    if old is None:
-        return bool(np.isfinite(new))
-    return bool(new > old) if PRIMARY[task][1] else bool(new < old)
+def better(task: str, new: dict[str, float], old: dict[str, float], prefix: str = "val_") -> bool:
+    """Whether the metrics ``new`` beat ``old`` (empty: nothing yet) on the primary
+    metric of part ``prefix``; an equal accuracy goes to the lower loss (a hundred-odd
+    validation samples tie often)."""
+    key, larger = PRIMARY[task]
+    value = new[prefix + key]
+    if not np.isfinite(value):
+        return False
+    if prefix + key not in old:
+        return True
+    if value == old[prefix + key] and task == "classification":
+        return bool(new[prefix + "loss"] < old[prefix + "loss"])
+    return bool(value > old[prefix + key]) if larger else bool(value < old[prefix + key])
 
 
 def per_class_accuracy(outputs: np.ndarray, y: np.ndarray, n_classes: int) -> list[tuple[float, int]]:

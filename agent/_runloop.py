@@ -154,6 +154,20 @@ def _write_data(run_dir: Path, data: Any, arrays) -> None:
         (run_dir / DATA_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
 
+def _with_data_path(cfg: Config, arrays) -> Config:
+    """The config a new run saves: ``data.path`` absolute, so resume and eval find the
+    file from anywhere; an API run's arrays as its own ``data.npz`` (relative: it moves
+    with the run directory)."""
+    import copy
+
+    if arrays is None and (not cfg.data.path or Path(cfg.data.path).is_absolute()):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.path = ARRAYS_FILE if arrays is not None else str(
+        Path(cfg.data.path).expanduser().resolve())
+    return cfg
+
+
 def _object_reservoir(cfg: Config, reservoir: Any) -> Any:
     """An async context for a reservoir object handed in from Python."""
     import contextlib
@@ -185,6 +199,7 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
     checkpoint = _load_latest(run_dir) if resume else None  # fail before any work
     if not resume:
         _check_free(run_dir)
+        cfg = _with_data_path(cfg, arrays)
     real = make_trainer is None
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     data = open_run_data(cfg, run_dir, resume=resume, arrays=arrays) if real else None
@@ -245,6 +260,42 @@ async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
                 zip(data.class_names, per_class_accuracy(out, data.y_test, data.n_classes))]
         result["task"] = data.task if data is not None else "classification"
         return result
+
+
+async def predict_run(run_dir: Path, x, *, checkpoint: str = BEST, reservoir: Any = None,
+                      open_reservoir: Any = None):
+    """Predictions for samples ``x`` (in the data's own units and shape) through the
+    ring with a run's ``best`` (falling back to the latest) or ``latest`` checkpoint:
+    class labels, or regression values in the data's units."""
+    from pgt._data import DataError, restore_targets, standardise_features
+    from pgt._trainer import Trainer
+
+    cfg = read_run_config(run_dir)
+    path = best_checkpoint(run_dir) if checkpoint == BEST else None
+    path = path or latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    state, _ = load_checkpoint(path)
+    data = open_run_data(cfg, run_dir, resume=True)
+    shape = tuple(data.info.get("shape", (0, data.n_features))[1:])
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2 or (shape and x.shape[1:] != shape and x[0].size != data.n_features):
+        raise DataError(f"predict: samples of shape {x.shape[1:]}, the run was trained on "
+                        f"samples of shape {shape}")
+    xs = standardise_features(x, data.info)
+    _, open_reservoir = _defaults(None, open_reservoir)
+    from pgt._pool import open_devices
+
+    context = _object_reservoir(cfg, reservoir) or open_devices(cfg, open_reservoir)
+    async with context as device:
+        trainer = Trainer(cfg, device, data=data)
+        _restore(trainer, path, state)
+        out, _ = await trainer.outputs(xs)
+    if data.task == "regression":
+        values = restore_targets(out, data.info)
+        return values[:, 0] if values.shape[1] == 1 else values
+    names = np.array(data.class_names)[out.argmax(axis=1)]
+    return names.astype(np.int64) if data.info.get("label_type", "number") == "number" else names
 
 
 _FROZEN = False
@@ -377,7 +428,7 @@ class _Run:
         self.log.info("eval", ring_evals=self.ring_evals, **self.test)
         self.progress.eval(metrics)
         key = f"val_{PRIMARY[self.task][0]}"
-        if key in metrics and better(self.task, metrics[key], self.best.get(key)):
+        if key in metrics and better(self.task, metrics, self.best):
             # The test set is only reported beside it; it never chooses anything.
             self.best = {k: v for k, v in self.test.items()
                          if k == "step" or k.startswith(("val_", "test_"))}

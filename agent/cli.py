@@ -1,6 +1,6 @@
 """``pgt``: the command line of the training agent.
 
-    pgt train [CONFIG] [--set key=value ...] [--backend URL ...] [--device cpu|gpu]
+    pgt train [CONFIG] [--data FILE] [--set key=value ...] [--backend URL ...] [--device cpu|gpu]
               [--run-dir DIR] [--name NAME] [--quiet]
     pgt resume RUN_DIR [--quiet]
     pgt logs RUN_DIR [--follow] [--event NAME ...]
@@ -58,7 +58,8 @@ def _train(args: argparse.Namespace) -> int:
     backends = args.backend or []
     flags = {"reservoir.url": backends[0] if len(backends) == 1 else None,
              "reservoir.urls": backends if len(backends) > 1 else None,
-             "device": args.device, "run_dir": args.run_dir, "run_name": args.name}
+             "device": args.device, "run_dir": args.run_dir, "run_name": args.name,
+             "data.path": args.data}
     cfg = load_config(args.config, args.set,
                       settings={k: v for k, v in flags.items() if v is not None})
     run = partial(run_training, cfg, new_run_dir(cfg), resume=False,
@@ -185,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", metavar="URL", action="append",
                        help="reservoir URL (reservoir.url); repeat it to train on several "
                        "rings at once (reservoir.urls)")
+    train.add_argument("--data", metavar="FILE", help="train on a .csv or .npz file of your "
+                       "own (data.path; see README, 'Your own data')")
     train.add_argument("--device", choices=("cpu", "gpu"), help="array device")
     train.add_argument("--run-dir", metavar="DIR", help="parent folder of runs (run_dir)")
     train.add_argument("--name", metavar="NAME", help="run directory name (run_name)")

@@ -14,10 +14,11 @@ from pgt.backends._emulator import EmulatedDevice, EmulatorConfig
 from pgt.backends._faults import FaultSpec
 from pgt.backends._health import DeviceHealth
 from pgt.backends._open import open_reservoir
+from pgt.backends._plugins import reservoir_problem
 from pgt.backends._protocol import Reservoir, ReservoirError, ReservoirInfo, ReservoirURLError
 from pgt.backends._session import DeviceMismatch, DeviceRefused, LinkLost
 
 __all__ = ["DeviceDataError", "DeviceHealth", "DeviceMismatch", "DeviceRefused",
            "DeviceUnavailable", "EmulatedDevice", "EmulatorConfig", "FaultSpec", "LinkLost",
            "Reservoir", "ReservoirError", "ReservoirInfo", "ReservoirURLError", "emulate",
-           "open_reservoir", "serve_pty", "serve_tcp"]
+           "open_reservoir", "reservoir_problem", "serve_pty", "serve_tcp"]

@@ -111,7 +111,7 @@ async def _enter(result: Any, stack: contextlib.AsyncExitStack) -> Any:
     return result
 
 
-def _problem(reservoir: Any) -> str | None:
+def reservoir_problem(reservoir: Any) -> str | None:
     """Why ``reservoir`` is not a Reservoir, or None."""
     if inspect.isasyncgen(reservoir):
         return "an async generator (is @contextlib.asynccontextmanager missing?)"
@@ -144,7 +144,7 @@ async def open_plugin(url: str, scheme: str, *, seed: int, device: str,
         except Exception as exc:
             raise ReservoirError(f"reservoir URL {url!r}: {who} failed to open: "
                                  f"{_line(exc)}") from exc
-        if (problem := _problem(reservoir)) is not None:
+        if (problem := reservoir_problem(reservoir)) is not None:
             raise ReservoirError(f"reservoir URL {url!r}: {who} returned a "
                                  f"{type(reservoir).__name__!r}, not a reservoir: {problem}")
         yield reservoir
