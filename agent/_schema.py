@@ -80,7 +80,7 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500               # optimizer steps in the run
+    steps: int = 3000               # optimizer steps in the run
     eval_every: int = 100           # steps between test-set evaluations
     checkpoint_every: int = 100     # steps between checkpoints (0: only at the end)
     checkpoint_seconds: float = 300.0  # also checkpoint when this much time has passed
