@@ -17,15 +17,19 @@ from pgt._runloop import RunDirError
 
 __all__ = ["read_curves", "plot_run", "figure"]
 
+_METRICS = ("test_accuracy", "test_loss", "test_nmse", "val_accuracy", "val_loss", "val_nmse")
+
 
 def read_curves(run_dir: Path) -> dict[str, list]:
-    """Columns of a run's curves: eval (ring_evals, step, test_accuracy, test_loss)
-    and step (ring_evals, loss). Raises RunDirError when the run has no events."""
+    """Columns of a run's curves: eval (ring_evals, step, and each of test_accuracy,
+    test_loss, test_nmse, val_accuracy, val_loss, val_nmse the run logs; a regression
+    run has the NMSEs, a classification run the accuracies) and step (ring_evals,
+    loss). Raises RunDirError when the run has no events."""
     path = Path(run_dir) / EVENTS_FILE
     if not path.is_file():
         raise RunDirError(f"no {EVENTS_FILE} in {run_dir}")
-    curves: dict[str, list] = {k: [] for k in ("eval_ring_evals", "eval_step", "test_accuracy",
-                                              "test_loss", "step_ring_evals", "loss")}
+    curves: dict[str, list] = {k: [] for k in ("eval_ring_evals", "eval_step", "test_loss",
+                                              "step_ring_evals", "loss")}
     evals_at_step: dict[int, int] = {}
     for event in read_events(path):
         if event.get("event") == "step":
@@ -37,27 +41,31 @@ def read_curves(run_dir: Path) -> dict[str, list]:
             evals = event.get("ring_evals", evals_at_step.get(event["step"], 0))
             curves["eval_ring_evals"].append(evals)
             curves["eval_step"].append(event["step"])
-            curves["test_accuracy"].append(event["test_accuracy"])
-            curves["test_loss"].append(event["test_loss"])
+            for key in _METRICS:
+                if key in event:
+                    curves.setdefault(key, []).append(event[key])
     if not curves["eval_step"]:
         raise RunDirError(f"no eval events in {path} yet")
     return curves
 
 
-def figure(title: str) -> tuple[Any, Any]:
-    """A figure with accuracy (left) and loss (right) axes against ring evaluations."""
+def figure(title: str, metric: str = "test accuracy (%)") -> tuple[Any, Any]:
+    """A figure with accuracy (or ``metric``, left) and loss (right) axes against ring
+    evaluations."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, label in ((acc, "test accuracy (%)"), (loss, "loss")):
+    for ax, label in ((acc, metric), (loss, "loss")):
         ax.set_xscale("log")
         ax.set_xlabel("ring evaluations (training)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     loss.set_yscale("log")
+    if "NMSE" in metric:
+        acc.set_yscale("log")
     fig.suptitle(title)
     return fig, (acc, loss)
 
@@ -76,8 +84,10 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """Draw one run's curves into a PNG (default ``RUN_DIR/curves.png``); return its path."""
     run_dir = Path(run_dir)
     c = read_curves(run_dir)
-    fig, (acc, loss) = figure(run_dir.name)
-    acc.plot(c["eval_ring_evals"], [100 * a for a in c["test_accuracy"]], "o-", ms=3)
+    regression = "test_nmse" in c
+    fig, (acc, loss) = figure(run_dir.name, "test NMSE" if regression else "test accuracy (%)")
+    shown = c["test_nmse"] if regression else [100 * a for a in c["test_accuracy"]]
+    acc.plot(c["eval_ring_evals"], shown, "o-", ms=3)
     loss.plot(c["step_ring_evals"], c["loss"], lw=0.6, alpha=0.5, label="training (batch)")
     loss.plot(c["eval_ring_evals"], c["test_loss"], "o-", ms=3, label="test")
     loss.legend()

@@ -32,7 +32,7 @@ from pgt._plot import figure, read_curves, save
 
 __all__ = ["Job", "PLAN", "run_report"]
 
-ESTIMATOR_ORDER = ("backprop", "interface", "pgt", "spsa", "readout")
+ESTIMATOR_ORDER = ("backprop", "interface", "pgt", "spsa", "ridge", "readout")
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,18 @@ PLAN: tuple[Job, ...] = (
     Job("dense", "interface", "sim://ring", (*_DENSE, "estimator.name=interface"), 1500, 50, 1.2),
     Job("dense", "pgt", "sim://ring", (*_DENSE, *_PGT, "optimizer.lr=0.006"), 3000, 150, 4),
     Job("dense", "spsa", "sim://ring", (*_DENSE, *_SPSA, "optimizer.lr=0.003"), 6000, 300, 0.3),
+    Job("dense", "ridge", "sim://ring", (*_DENSE, "estimator.name=ridge"), 1, 1, 0.01),
     Job("dense", "readout", "sim://ring", (*_DENSE, "estimator.name=readout"), 1500, 50, 0.4),
     Job("transformer", "backprop", "sim://ring", (*_TRANS, "estimator.name=backprop"), 1500, 50, 3.5),
     Job("transformer", "interface", "sim://ring",
         (*_TRANS, "estimator.name=interface", "estimator.k=8"), 1500, 50, 6),
     Job("transformer", "pgt", "sim://ring", (*_TRANS, *_PGT), 1200, 100, 9),
     Job("transformer", "spsa", "sim://ring", (*_TRANS, *_SPSA, "optimizer.lr=0.0005"), 4000, 200, 0.8),
+    Job("transformer", "ridge", "sim://ring", (*_TRANS, "estimator.name=ridge"), 1, 1, 0.01),
     Job("transformer", "readout", "sim://ring", (*_TRANS, "estimator.name=readout"), 1500, 50, 1.2),
     *(Job("memory", f"{est} · {name}", url, (*_MEMORY, f"estimator.name={est}"), 800, 40,
           cost * (3 if est == "interface" else 1))
-      for est in ("readout", "interface")
+      for est in ("ridge", "readout", "interface")
       for name, url, cost in (("ring", "sim://ring", 1.5),
                               ("memoryless ring (gain 0)", "sim://ring?gain=0", 1.5),
                               ("identity", "sim://identity", 1.0))),
@@ -144,13 +146,29 @@ def _execute(work: list[tuple[Job, int, str]], jobs: int) -> list[dict[str, Any]
 def _summarise(job: Job, runs: list[dict[str, Any]]) -> dict[str, Any]:
     curves = [read_curves(Path(r["run_dir"])) for r in runs]
     acc = np.array([100 * c["test_accuracy"][-1] for c in curves])
+    chosen = np.array([100 * c["test_accuracy"][_best_index(c)] for c in curves])
     loss = np.array([c["test_loss"][-1] for c in curves])
     return {"section": job.section, "label": job.label, "url": job.url,
             "overrides": list(job.overrides), "steps": job.steps,
-            "accuracy": acc.tolist(), "test_loss": loss.tolist(),
+            "accuracy": acc.tolist(), "best_val_accuracy": chosen.tolist(),
+            "test_loss": loss.tolist(),
             "ring_evals": int(curves[0]["eval_ring_evals"][-1]),
             "seconds": float(np.mean([r["seconds"] for r in runs])),
             "runs": [r["run_dir"] for r in runs], "curves": curves}
+
+
+def _best_index(curves: dict[str, list]) -> int:
+    """The evaluation the run keeps as checkpoints/best: highest validation accuracy,
+    ties to the lower validation loss (pgt._metrics.better); the last without one."""
+    if not curves.get("val_accuracy"):
+        return -1
+    from pgt._metrics import better
+
+    best, index = {}, -1
+    for i, (acc, loss) in enumerate(zip(curves["val_accuracy"], curves["val_loss"])):
+        if better("classification", {"val_accuracy": acc, "val_loss": loss}, best):
+            best, index = {"val_accuracy": acc, "val_loss": loss}, i
+    return index
 
 
 def _fmt_evals(n: float) -> str:
@@ -159,12 +177,15 @@ def _fmt_evals(n: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """One section's markdown table."""
-    lines = ["| run | test accuracy %, mean ± sd (per seed) | test loss | ring evals | steps | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | test accuracy %, mean ± sd (per seed) | best-validation params, test % | "
+             "test loss | ring evals | steps | s/run |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = np.array(r["accuracy"])
         seeds = ", ".join(f"{a:.1f}" for a in acc)
+        chosen = np.array(r.get("best_val_accuracy", acc))
         lines.append(f"| {r['label']} | {acc.mean():.1f} ± {acc.std():.1f} ({seeds}) | "
+                     f"{chosen.mean():.1f} ({', '.join(f'{a:.1f}' for a in chosen)}) | "
                      f"{np.mean(r['test_loss']):.3f} | {_fmt_evals(r['ring_evals'])} | "
                      f"{r['steps']} | {r['seconds']:.0f} |")
     return "\n".join(lines)
@@ -191,12 +212,13 @@ def _contrasts(by_section: dict[str, list[dict[str, Any]]]) -> list[str]:
     rows = {r["label"]: np.mean(r["accuracy"]) for r in by_section.get("transformer", [])}
     if "interface" in rows and "backprop" in rows:
         gap = rows["backprop"] - rows["interface"]
-        lines.append(f"- transformer: interface is {gap:+.1f} points from backprop "
+        lines.append(f"- transformer: interface is {abs(gap):.1f} points "
+                     f"{'below' if gap > 0 else 'above'} backprop "
                      f"({rows['interface']:.1f} % vs {rows['backprop']:.1f} %); pgt "
                      f"{rows.get('pgt', float('nan')):.1f} %, readout "
                      f"{rows.get('readout', float('nan')):.1f} %")
     mem = {r["label"]: np.mean(r["accuracy"]) for r in by_section.get("memory", [])}
-    for est in ("readout", "interface"):
+    for est in ("ridge", "readout", "interface"):
         ring, ident = mem.get(f"{est} · ring"), mem.get(f"{est} · identity")
         if ring is not None and ident is not None:
             lines.append(f"- memory task, {est}: ring {ring:.1f} %, memoryless ring "

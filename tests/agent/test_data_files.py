@@ -92,6 +92,10 @@ def test_regression_from_a_csv_fits_and_reports_nmse(tmp_path, capsys):
     assert out.startswith("test NMSE ") and "R²" in out
     info = json.loads((tmp_path / "runs" / "r" / "data.json").read_text())
     assert info["task"] == "regression" and 90 < info["target_mean"][0] < 110
+    assert main(["plot", str(tmp_path / "runs" / "r")]) == 0      # NMSE curves
+    assert (tmp_path / "runs" / "r" / "curves.png").stat().st_size > 1000
+    assert main(["eval", str(tmp_path / "runs" / "r")]) == 0
+    assert capsys.readouterr().out.startswith("test NMSE ")
 
 
 def test_fractional_labels_ask_for_regression(tmp_path):
