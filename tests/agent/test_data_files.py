@@ -94,6 +94,7 @@ def test_regression_from_a_csv_fits_and_reports_nmse(tmp_path, capsys):
     assert info["task"] == "regression" and 90 < info["target_mean"][0] < 110
     assert main(["plot", str(tmp_path / "runs" / "r")]) == 0      # NMSE curves
     assert (tmp_path / "runs" / "r" / "curves.png").stat().st_size > 1000
+    capsys.readouterr()
     assert main(["eval", str(tmp_path / "runs" / "r")]) == 0
     assert capsys.readouterr().out.startswith("test NMSE ")
 
