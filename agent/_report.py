@@ -101,7 +101,8 @@ def _run_name(job: Job, seed: int) -> str:
     return f"{job.section}-{slug}-s{seed}"
 
 
-def _finished(run_dir: Path) -> bool:
+def finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` has logged its ``run_stop reason=finished``."""
     path = run_dir / EVENTS_FILE
     if not path.is_file():
         return False
@@ -121,7 +122,7 @@ def _run_one(args: tuple[Job, int, str]) -> dict[str, Any]:
     job, seed, runs = args
     run_dir = Path(runs) / _run_name(job, seed)
     start = time.perf_counter()
-    if not _finished(run_dir):
+    if not finished(run_dir):
         cfg = load_config(None, [*job.overrides, f"seed={seed}", f"train.steps={job.steps}",
                                  f"train.eval_every={job.eval_every}",
                                  "train.checkpoint_every=0", "train.keep_checkpoints=1",

@@ -64,24 +64,13 @@ def _jobs(sections, seeds, data_dir: Path, out: Path, quick: bool) -> list[dict]
     return sorted(jobs, key=lambda j: -j["cost"])   # longest first keeps the workers busy
 
 
-def _finished(run_dir: Path) -> bool:
-    from pgt._logging import read_events
-
-    events = run_dir / "events.jsonl"
-    if not events.is_file():
-        return False
-    last = None
-    for event in read_events(events):
-        last = event
-    return bool(last) and last.get("event") == "run_stop" and last.get("reason") == "finished"
-
-
 def _run(job: dict) -> dict:
     """One ``pgt train`` (the CLI's main, in this worker); its results from the run."""
     import contextlib
     import io
 
     from pgt._checkpoint import latest_checkpoint, load_checkpoint
+    from pgt._report import finished as _finished
     from pgt.cli import main
 
     run_dir = Path(job["run_dir"])
