@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BEST", "CheckpointError", "FORMAT_VERSION", "best_checkpoint", "latest_checkpoint",
+           "list_checkpoints",
            "load_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
@@ -80,6 +81,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory of a run, or None if there is none."""
     steps = _checkpoints(Path(run_dir) / "checkpoints")
     return steps[-1] if steps else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's numbered checkpoint directories, oldest first (none verified)."""
+    return _checkpoints(Path(run_dir) / "checkpoints")
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:

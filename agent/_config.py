@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -37,14 +38,20 @@ _CHOICES = {
     "estimator.distribution": ("rademacher", "gaussian"),
     "optimizer.name": ("adam", "sgd"),
     "optimizer.schedule": ("constant", "cosine"),
+    "train.on_divergence": ("stop", "rollback"),
 }
 _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every",
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
              "train.checkpoint_seconds", "model.feature_scale", "model.d_model",
              "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits",
-             "data.window", "data.length")
+             "data.window", "data.length", "optimizer.eps", "train.log_every")
 _NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay",
-                 "reservoir.trial_timeout_s")
+                 "reservoir.trial_timeout_s", "reservoir.suspend_limit_s", "seed",
+                 "data.split_seed", "estimator.spsa_a", "estimator.spsa_alpha",
+                 "estimator.spsa_gamma", "model.init_scale")
+# Values in [0, 1): the optimizers' averaging constants.
+_UNIT = ("optimizer.beta1", "optimizer.beta2", "optimizer.momentum")
+_MAX_INT = 2**63 - 1   # NumPy's seeds and the checkpoint's counters are 64-bit
 
 
 class ConfigError(Exception):
@@ -202,7 +209,30 @@ def _get(cfg: Config, dotted: str) -> Any:
     return value
 
 
+def leaves(obj: Any, prefix: str = ""):
+    """(dotted key, value) of every setting."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, value
+
+
 def _check_values(cfg: Config) -> None:
+    for key, value in leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config: '{key}' must be a finite number, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+            raise ConfigError(f"config: '{key}' is too large ({value})")
+        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        for text in texts:
+            if any(ord(c) < 32 or c == "\x7f" for c in text):
+                raise ConfigError(f"config: '{key}' contains a control character: {text!r}")
+    for key in _UNIT:
+        if not 0 <= _get(cfg, key) < 1:
+            raise ConfigError(f"config: '{key}' must be at least 0 and below 1, "
+                              f"got {_get(cfg, key)!r}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"config: '{key}' must be one of {', '.join(choices)}, "

@@ -10,8 +10,10 @@ trainer's complete ``state_dict()``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,15 @@ import numpy as np
 import trio
 
 from pgt._checkpoint import (BEST, CheckpointError, best_checkpoint, latest_checkpoint,
-                             load_checkpoint, save_checkpoint)
+                             list_checkpoints, load_checkpoint, save_checkpoint)
 from pgt._config import config_to_toml, load_config
+from pgt._lock import LOCK_FILE, RunLock
 from pgt._logging import configure_logging, get_logger
 from pgt._progress import Progress, result_line
 from pgt._schema import Config
+from pgt._trainer import Diverged
 
-__all__ = ["RunDirError", "RunInterrupted", "evaluate_run", "freeze_startup_objects",
+__all__ = ["RunDirError", "RunDiverged", "RunInterrupted", "SuspendLimitReached", "evaluate_run", "freeze_startup_objects",
            "new_run_dir", "read_run_config", "run_training"]
 
 CONFIG_FILE = "config.toml"
@@ -41,6 +45,18 @@ class RunDirError(Exception):
 
 class RunInterrupted(Exception):
     """A second stop signal ended the run at once; the last checkpoint is kept."""
+
+
+class RunDiverged(Exception):
+    """The run went non-finite and train.on_divergence stopped it (exit status 3)."""
+
+
+class SuspendLimitReached(Exception):
+    """No device was in service for reservoir.suspend_limit_s (exit status 75)."""
+
+
+SUSPEND_REPORT_S = 60.0   # a run_still_suspended event this often while suspended
+MAX_ROLLBACKS = 5         # train.on_divergence = "rollback": at most this many
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -66,12 +82,37 @@ def read_run_config(run_dir: Path) -> Config:
     return load_config(run_dir / CONFIG_FILE, [])
 
 
-def _load_latest(run_dir: Path) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        return None
-    arrays, meta = load_checkpoint(path)
-    return path, arrays, meta
+def _load_latest(run_dir: Path, log: Any = None, start: str | None = None,
+                 skipped: list[str] | None = None):
+    """(path, arrays, meta) of the newest checkpoint that loads and verifies, or None
+    when the run has none. A damaged newer one is passed over (named in ``skipped``
+    and, given ``log``, a ``checkpoint_skipped`` event) and deleted nothing; when none
+    is valid, the newest one's error is raised. ``start`` ("step-N"): that one only.
+    """
+    paths = list(reversed(list_checkpoints(run_dir)))
+    if start is not None:
+        chosen = [p for p in paths if p.name == start]
+        if not chosen:
+            names = ", ".join(p.name for p in paths) or "none"
+            raise CheckpointError(f"no checkpoint {start} in {run_dir / 'checkpoints'} "
+                                  f"(there: {names})")
+        paths = chosen
+    errors: list[CheckpointError] = []
+    for path in paths:
+        try:
+            arrays, meta = load_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(e)
+            continue
+        for e in errors:
+            if skipped is not None:
+                skipped.append(str(e))
+            if log is not None:
+                log.warning("checkpoint_skipped", reason=str(e))
+        return path, arrays, meta
+    if errors:
+        raise errors[0]
+    return None
 
 
 def _defaults(make_trainer: Any, open_reservoir: Any) -> tuple[Any, Any]:
@@ -91,7 +132,7 @@ def _restore(trainer: Any, path: Path, arrays: dict[str, Any]) -> None:
 
 
 def _check_free(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise RunDirError(f"run directory {run_dir} already exists "
                           f"(pgt resume {run_dir} continues it)")
 
@@ -185,7 +226,8 @@ def _object_reservoir(cfg: Config, reservoir: Any) -> Any:
 async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
                        progress: Progress | None = None, make_trainer: Any = None,
                        open_reservoir: Any = None, reservoir: Any = None, arrays=None,
-                       signals: bool = True) -> dict[str, Any]:
+                       signals: bool = True, start: str | None = None,
+                       changes: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; return its final metrics.
 
     ``make_trainer(cfg, reservoir)`` and ``open_reservoir(url, seed=, device=)``
@@ -193,17 +235,47 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
     is an already-open reservoir object to use instead of the configured URL, and
     ``arrays`` the (x, y, x_test, y_test) of a run on data in memory. ``signals``:
     whether SIGINT/SIGTERM stop the run cleanly (only possible in the main thread).
-    Raises RunDirError, CheckpointError, DataError (before any work), the backend's
-    errors and RunInterrupted (second signal), possibly inside an ExceptionGroup.
+    Resuming: ``start`` ("step-N") picks the checkpoint (default: the newest valid
+    one); ``changes`` ({key: (old, new)}, from ``resume_config``) are written to the
+    run's config.toml and logged. The process holds the run's lock (pgt._lock)
+    throughout. Raises RunDirError, CheckpointError, DataError (before any work), the
+    backend's errors, RunDiverged, SuspendLimitReached and RunInterrupted (second
+    signal), possibly inside an ExceptionGroup.
     """
-    checkpoint = _load_latest(run_dir) if resume else None  # fail before any work
-    if not resume:
+    if resume:
+        read_run_config(run_dir)   # a run directory at all
+    else:
         _check_free(run_dir)
         cfg = _with_data_path(cfg, arrays)
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]   # deepest first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with RunLock(run_dir, RunDirError) as lock:
+            return await _train_locked(cfg, run_dir, lock, resume=resume, progress=progress,
+                                       make_trainer=make_trainer, open_reservoir=open_reservoir,
+                                       reservoir=reservoir, arrays=arrays, signals=signals,
+                                       start=start, changes=changes)
+    finally:
+        if created and not (run_dir / CONFIG_FILE).exists():
+            with contextlib.suppress(OSError):   # it failed before it began: leave nothing
+                for folder in created:
+                    folder.rmdir()
+
+
+async def _train_locked(cfg, run_dir, lock, *, resume, progress, make_trainer, open_reservoir,
+                        reservoir, arrays, signals, start, changes) -> dict[str, Any]:
+    skipped: list[str] = []
+    checkpoint = None
+    if resume:   # fail before any work
+        checkpoint = _load_latest(run_dir, start=start, skipped=skipped)
+        if checkpoint is None and _ever_saved(run_dir):
+            raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}, though the "
+                                  f"run saved some: refusing to start it over (pgt train "
+                                  f"starts a new run)")
     real = make_trainer is None
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     data = open_run_data(cfg, run_dir, resume=resume, arrays=arrays) if real else None
-    # The device opens before the run directory exists: a bad URL leaves nothing.
+    # The device opens before the run is created: a bad URL leaves nothing.
     from pgt._pool import open_devices   # imports the backends: only when a run starts
     context = _object_reservoir(cfg, reservoir) or open_devices(cfg, open_reservoir)
     async with context as device:
@@ -216,14 +288,67 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
         if not resume:
             _create(run_dir, cfg)
             _write_data(run_dir, data, arrays)
+        elif changes:
+            _write_atomic(run_dir / CONFIG_FILE, config_to_toml(cfg))
         close_logging = configure_logging(run_dir)
+        progress = progress or Progress(silent=True)
         try:
+            log = get_logger()
             if checkpoint is not None:
-                get_logger().info("run_resumed", step=trainer.step, checkpoint=path)
-            run = _Run(cfg, run_dir, trainer, progress or Progress(silent=True), meta)
+                log.info("run_resumed", step=trainer.step, checkpoint=path,
+                         **({"changes": {k: list(v) for k, v in changes.items()}} if changes else {}),
+                         **({"skipped": skipped} if skipped else {}),
+                         **({"lock_taken_over": lock.previous} if lock.previous else {}))
+                for reason in skipped:
+                    progress.notice(f"passed over a damaged checkpoint: {reason}")
+                if skipped:
+                    progress.notice(f"resuming from {path}")
+            run = _Run(cfg, run_dir, trainer, progress, meta)
+            lock.started = True
             return await run.supervise(resumed=resume, signals=signals)
         finally:
             close_logging()
+
+
+# Settings a resume may change: what the run does next, not what it has computed.
+RESUMABLE = ("train.steps", "train.eval_every", "train.checkpoint_every",
+             "train.checkpoint_seconds", "train.keep_checkpoints", "train.on_divergence",
+             "train.log_every", "reservoir.url", "reservoir.urls", "reservoir.trial_timeout_s",
+             "reservoir.suspend_limit_s")
+
+
+def resume_config(run_dir: Path, overrides=(), settings=None) -> tuple[Config, dict]:
+    """The run's saved config with ``--set`` overrides and flag ``settings`` applied,
+    and what changed ({key: (old, new)}). Raises ConfigError naming a setting a
+    resume may not change (it would change what the run has computed)."""
+    from pgt._config import ConfigError, leaves
+
+    saved = read_run_config(run_dir)
+    cfg = load_config(run_dir / CONFIG_FILE, overrides, settings=settings)
+    before, after = dict(leaves(saved)), dict(leaves(cfg))
+    changes = {k: (before[k], after[k]) for k in after if after[k] != before[k]}
+    for key in changes:
+        if key not in RESUMABLE:
+            raise ConfigError(f"config: resume cannot change '{key}' ({before[key]!r} -> "
+                              f"{after[key]!r}): it changes what the run computes; start a "
+                              f"new run with pgt train (resume may change: "
+                              f"{', '.join(RESUMABLE)})")
+    return cfg, changes
+
+
+def _ever_saved(run_dir: Path) -> bool:
+    """Whether the run's events say it saved a checkpoint (a run stopped before its
+    first one starts over on resume, to the same bits)."""
+    from pgt._logging import EVENTS_FILE, read_events
+
+    path = run_dir / EVENTS_FILE
+    return path.is_file() and any(e.get("event") == "checkpoint_saved" for e in read_events(path))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 async def evaluate_run(run_dir: Path, *, make_trainer: Any = None,
@@ -336,6 +461,10 @@ class _Run:
         self.saved_step = trainer.step if meta else None
         self.elapsed0 = float(meta.get("elapsed_s", 0.0))
         self.t0 = self.saved_time = trio.current_time()
+        self.step_scope = trio.CancelScope()   # the step in flight (cancelled to stop)
+        self.before: dict[str, Any] | None = None   # a snapshot of the last completed step
+        self.interrupted = False               # a second signal ended the run
+        self.expired: str | None = None        # why the suspend limit ended the run
 
     async def supervise(self, *, resumed: bool, signals: bool = True) -> dict[str, Any]:
         """The loop beside a signal watcher; the first signal asks it to stop."""
@@ -357,61 +486,147 @@ class _Run:
         return result
 
     async def _watch_signals(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The first SIGINT/SIGTERM abandons the step in flight (a device wait, a
+        suspension) and stops with the last completed step checkpointed; a second one
+        stops at once."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stop_signal is not None:
+                    self.interrupted = True
+                    if self.before is not None and self.saved_step != self.before["step"]:
+                        self._save(state=self.before)   # the last completed step
                     self.log.warning("run_stop", reason="interrupted", signal=name,
-                                     step=self.trainer.step)
+                                     step=self.saved_step)
                     raise RunInterrupted(f"interrupted by {name} during step "
-                                         f"{self.trainer.step + 1}; the last "
-                                         f"checkpoint is kept")
+                                         f"{self.trainer.step + 1}; step {self.saved_step} "
+                                         f"is checkpointed")
                 self.stop_signal = name
                 self.log.info("stop_requested", signal=name, step=self.trainer.step)
-                self.progress.notice(f"{name}: stopping after this step "
-                                     f"(again to stop at once)")
+                self.progress.notice(f"{name}: stopping; the last completed step is "
+                                     f"checkpointed (again to stop at once)")
+                self.step_scope.cancel()
 
     async def _watch_device(self) -> None:
-        """Log the run suspending while its device is quarantined, and resuming after.
+        """Log the run suspending while its device is quarantined, and resuming after;
+        end it past ``reservoir.suspend_limit_s``.
 
         The trainer simply waits on the ring meanwhile; a backend without ``health``
         (the simulator) never suspends. A device pool's ``health`` is quarantined while
-        none of its devices is in service (agent/_pool.py).
+        none of its devices is in service (pgt._pool). While suspended, a
+        ``run_still_suspended`` event every ``SUSPEND_REPORT_S`` says for how long and
+        why; past the limit the step in flight is abandoned, the last completed step
+        checkpointed, and the run ends with SuspendLimitReached (exit status 75).
         """
         health = getattr(getattr(self.trainer, "reservoir", None), "health", None)
         if health is None:
             return
+        limit = self.cfg.reservoir.suspend_limit_s
         while True:
             await health.wait_until(quarantined=True)
             since = trio.current_time()
-            self.log.warning("run_suspended", step=self.trainer.step, reason=health.reason)
+            self.log.warning("run_suspended", step=self.trainer.step, reason=health.reason,
+                             limit_s=limit)
             self.progress.notice(f"device quarantined ({health.reason}); run suspended")
-            await health.wait_until(quarantined=False)
+            while health.quarantined:
+                waited = trio.current_time() - since
+                wait = SUSPEND_REPORT_S if not limit else min(SUSPEND_REPORT_S, limit - waited)
+                with trio.move_on_after(max(wait, 0.0)):
+                    await health.wait_until(quarantined=False)
+                if not health.quarantined:
+                    break
+                waited = trio.current_time() - since
+                if limit and waited >= limit:
+                    self.expired = (f"no device in service for {waited:.0f} s "
+                                    f"(reservoir.suspend_limit_s = {limit:g}); "
+                                    f"{_devices(self.cfg)}: {health.reason}")
+                    self.log.error("run_suspend_limit", step=self.trainer.step,
+                                   suspended_s=round(waited, 3), reason=health.reason)
+                    self.step_scope.cancel()
+                    return
+                self.log.warning("run_still_suspended", step=self.trainer.step,
+                                 suspended_s=round(waited, 3), reason=health.reason)
             self.log.warning("run_resumed_after_suspend", step=self.trainer.step,
                              suspended_s=round(trio.current_time() - since, 3))
             self.progress.notice("device recovered; run resumed")
 
     async def _loop(self) -> dict[str, Any]:
         trainer, train = self.trainer, self.cfg.train
-        while not trainer.done and self.stop_signal is None:
-            metrics = await trainer.train_step()
-            self.ring_evals = int(metrics.get("ring_evals", self.ring_evals))
-            self.log.info("step", **metrics)
-            self.progress.step(metrics)
-            if trainer.step % train.eval_every == 0 or trainer.done:
-                await self._evaluate()
+        while not trainer.done and self.stop_signal is None and self.expired is None:
+            before = self.before = self._snapshot()   # should this step not end
+            with trio.CancelScope() as self.step_scope:
+                try:
+                    metrics = await trainer.train_step()
+                except Diverged as error:
+                    self._diverged(error, before)
+                    continue
+                if self.interrupted:   # a second signal: the watcher saved and logged
+                    return {}
+                self.ring_evals = int(metrics.get("ring_evals", self.ring_evals))
+                if trainer.step % train.log_every == 0 or trainer.done or (
+                        trainer.step % train.eval_every == 0):
+                    self.log.info("step", **metrics)
+                self.progress.step(metrics)
+                if trainer.step % train.eval_every == 0 or trainer.done:
+                    await self._evaluate()
+            if self.interrupted:   # a second signal: the watcher saved and logged
+                return {}
+            if self.step_scope.cancelled_caught:   # a stop signal or the suspend limit
+                self._save(state=before)
+                break
             if self._checkpoint_due() or trainer.done:
                 self._save()
-        reason = "finished" if trainer.done else "signal"
-        if self.saved_step != trainer.step:
+        self.step_scope = trio.CancelScope()
+        reason = ("finished" if trainer.done else "suspend_limit" if self.expired
+                  else "signal")
+        if self.saved_step != trainer.step and not self.expired:
             self._save()  # the last checkpoint always holds the last parameters
-        self.log.info("run_stop", reason=reason, step=trainer.step)
+        self.log.info("run_stop", reason=reason, step=self.saved_step)
+        if self.expired:
+            raise SuspendLimitReached(f"{self.expired}; step {self.saved_step} is "
+                                      f"checkpointed (pgt resume {self.run_dir} continues)")
         return {"reason": reason, "step": trainer.step, "total_steps": trainer.total_steps,
                 "estimator": self.cfg.estimator.name, "ring_evals": self.ring_evals,
                 "elapsed_s": self._elapsed(), "run_dir": str(self.run_dir), "task": self.task,
                 **{k: v for k, v in self.test.items() if k.startswith(("test_", "val_"))},
                 **({"best": self.best} if self.best else {})}
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The trainer's state and the loop's own, copied: what a checkpoint of now holds."""
+        return {"arrays": {k: np.array(v, copy=True) for k, v in self.trainer.state_dict().items()},
+                "step": self.trainer.step, "ring_evals": self.ring_evals,
+                "test": dict(self.test), "best": dict(self.best)}
+
+    def _diverged(self, error: Any, before: dict[str, Any]) -> None:
+        """A step went non-finite: roll back to the last checkpoint at half the learning
+        rate, or stop; the non-finite state is never saved."""
+        action = self.cfg.train.on_divergence
+        factor = float(getattr(self.trainer, "lr_factor", 1.0)) / 2
+        if action == "rollback" and factor >= 1 / 2**MAX_ROLLBACKS:
+            found = _load_latest(self.run_dir, log=self.log)
+            if found is None:   # nothing saved yet: the last completed step
+                state, origin = before["arrays"], f"step {before['step']} (not yet saved)"
+            else:
+                state, origin = found[1], str(found[0])
+            _restore(self.trainer, Path(origin), state)
+            self.trainer.lr_factor = factor
+            self.ring_evals = int(state.get("ring_evals", self.ring_evals))
+            self.log.warning("run_rollback", step=error.step, what=error.what, to=origin,
+                             to_step=self.trainer.step, lr_factor=factor)
+            self.progress.notice(f"{error}; rolled back to {origin} at {factor:g} × the "
+                                 f"learning rate")
+            self.saved_step = None
+            return
+        self._restore_loop(before)
+        self._save(state=before)
+        self.log.error("run_stop", reason="diverged", step=error.step, what=error.what)
+        spent = "" if action == "stop" else ", and its rollbacks are spent"
+        raise RunDiverged(f"run diverged: {error}; step {before['step']} is checkpointed "
+                          f"(train.on_divergence = {action!r}{spent})")
+
+    def _restore_loop(self, before: dict[str, Any]) -> None:
+        self.ring_evals, self.test, self.best = before["ring_evals"], before["test"], before["best"]
 
     def _checkpoint_due(self) -> bool:
         every, seconds = self.cfg.train.checkpoint_every, self.cfg.train.checkpoint_seconds
@@ -434,17 +649,22 @@ class _Run:
                          if k == "step" or k.startswith(("val_", "test_"))}
             self._save(name=BEST)
 
-    def _save(self, name: str | None = None) -> None:
+    def _save(self, name: str | None = None, state: dict[str, Any] | None = None) -> None:
+        """Checkpoint now, or ``state`` (a ``_snapshot`` of the last completed step)."""
+        if state is not None:
+            self._restore_loop(state)
+        step = state["step"] if state is not None else self.trainer.step
         meta = {"run_id": self.run_dir.name, "total_steps": self.trainer.total_steps,
                 "ring_evals": self.ring_evals, "elapsed_s": self._elapsed(),
                 **({"test_accuracy": self.test["test_accuracy"],
                     "test_step": self.test["step"]} if "test_accuracy" in self.test else {}),
                 "last_eval": _plain(self.test), "best": _plain(self.best)}
-        path = save_checkpoint(self.run_dir, self.trainer.step, self.trainer.state_dict(),
-                               meta, keep=self.cfg.train.keep_checkpoints, name=name)
+        arrays = state["arrays"] if state is not None else self.trainer.state_dict()
+        path = save_checkpoint(self.run_dir, step, arrays, meta,
+                               keep=self.cfg.train.keep_checkpoints, name=name)
         if name is None:
-            self.saved_step, self.saved_time = self.trainer.step, trio.current_time()
-        self.log.info("checkpoint_saved", step=self.trainer.step, path=path,
+            self.saved_step, self.saved_time = step, trio.current_time()
+        self.log.info("checkpoint_saved", step=step, path=path,
                       **({"best": True} if name else {}))
 
     def _elapsed(self) -> float:
@@ -454,3 +674,8 @@ class _Run:
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics as JSON values (for a checkpoint's meta.json)."""
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+
+
+def _devices(cfg: Config) -> str:
+    urls = cfg.reservoir.urls or [cfg.reservoir.url]
+    return ", ".join(urls)

@@ -52,6 +52,8 @@ class ReservoirConfig:
                                     # (when set, url is not used); see agent/_pool.py
     trial_timeout_s: float = 0.0    # pool: deadline of one trial (0: ten times the device's
                                     # mean time per forward, at least 1 s)
+    suspend_limit_s: float = 3600.0  # a run suspended (no device in service) this long
+                                    # checkpoints and exits with status 75 (0: wait for ever)
 
 
 @dataclass
@@ -85,6 +87,11 @@ class TrainConfig:
     checkpoint_every: int = 100     # steps between checkpoints (0: only at the end)
     checkpoint_seconds: float = 300.0  # also checkpoint when this much time has passed
     keep_checkpoints: int = 3       # newest checkpoints kept on disk
+    on_divergence: str = "stop"     # a non-finite loss, gradient or parameter: "stop" (exit
+                                    # status 3) or "rollback" (to the last checkpoint, with
+                                    # half the learning rate, at most 5 times)
+    log_every: int = 1              # a step event every this many steps (evals, checkpoints
+                                    # and the last step are always logged)
 
 
 @dataclass

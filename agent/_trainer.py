@@ -75,8 +75,24 @@ def build_model(cfg: Config, data, info):
     return DenseRingModel(layout, m.feature_scale, task=data.task)
 
 
+class Diverged(ArithmeticError):
+    """A step's loss, gradient or new parameters are not finite; nothing was changed."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"step {step}: the {what} is not finite (NaN or infinity)")
+        self.step, self.what = step, what
+
+
+def _check_finite(step: int, **values) -> None:
+    for what, value in values.items():
+        if not np.isfinite(value).all():
+            raise Diverged(step, what)
+
+
 class Trainer:
     """A model around a reservoir, trained by the configured estimator."""
+
+    lr_factor = 1.0   # lowered by each divergence rollback (train.on_divergence)
 
     def __init__(self, cfg: Config, reservoir, data=None) -> None:
         """``data``: the run's Dataset, when the caller has opened it already (else
@@ -191,10 +207,12 @@ class Trainer:
         idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         grad, metrics, ev = await self.estimate(x, y, self.step)
-        lr_scale = self.estimator.lr_scale(self.step) * self._schedule()
-        self.params, self.opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
-        self.step += 1
         loss = float(ev.losses.mean())
+        lr_scale = self.estimator.lr_scale(self.step) * self._schedule() * self.lr_factor
+        params, opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
+        _check_finite(self.step + 1, loss=loss, gradient=grad, parameters=params)
+        self.params, self.opt_state = params, opt_state
+        self.step += 1
         ring = self._ring_wait_s - ring0
         link = getattr(self.reservoir, "link_seconds", 0.0) - link0
         timing = {"time_link_s": link, "time_ring_s": max(ring - link, 0.0),
@@ -276,6 +294,7 @@ class Trainer:
             "step": np.asarray(self.step, dtype=np.int64),
             "ring_evals": np.asarray(self.ring_evals, dtype=np.int64),
             "eval_ring_evals": np.asarray(self.eval_ring_evals, dtype=np.int64),
+            "lr_factor": np.asarray(self.lr_factor, dtype=np.float64),
         }
         state.update({f"opt.{k}": v for k, v in self.opt_state.items()})
         state.update({f"est.{k}": v for k, v in self.est_state.items()})
@@ -294,6 +313,7 @@ class Trainer:
         self.step = int(state["step"])
         self.ring_evals = int(state["ring_evals"])
         self.eval_ring_evals = int(state["eval_ring_evals"])
+        self.lr_factor = float(state.get("lr_factor", 1.0))
         self.opt_state = {k[4:]: np.array(v) for k, v in state.items() if k.startswith("opt.")}
         self.est_state = {k[4:]: np.array(v) for k, v in state.items() if k.startswith("est.")}
         loader = getattr(self.reservoir, "load_state_dict", None)

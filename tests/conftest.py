@@ -20,23 +20,25 @@ import trio
 
 
 class FakeReservoir:
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self, delay: float, shield: bool = False) -> None:
+        self.delay, self.shield = delay, shield
 
     async def forward(self, u: np.ndarray) -> np.ndarray:
-        await trio.sleep(self.delay)
+        with trio.CancelScope(shield=self.shield):   # shield: a device deaf to cancelling
+            await trio.sleep(self.delay)
         return np.tanh(u)
 
 
 @contextlib.asynccontextmanager
 async def fake_reservoir(url: str, *, seed: int = 0,
                          device: str = "cpu") -> AsyncIterator[FakeReservoir]:
-    """``fake://?delay=SECONDS``; any other URL is refused like a real backend would."""
+    """``fake://?delay=SECONDS[&shield=1]``; any other URL is refused like a real
+    backend would."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme != "fake":
         raise OSError(f"fake reservoir: cannot open {url!r}")
     query = urllib.parse.parse_qs(parsed.query)
-    yield FakeReservoir(float(query.get("delay", ["0"])[0]))
+    yield FakeReservoir(float(query.get("delay", ["0"])[0]), query.get("shield") == ["1"])
 
 
 class FakeTrainer:

@@ -172,9 +172,28 @@ def test_progress_on_a_terminal_redraws_at_most_five_times_a_second() -> None:
     assert "\n" not in status.getvalue()
 
 
-async def test_a_second_signal_stops_at_once(tmp_path, fakes, autojump_clock) -> None:
-    # Each step waits 100 s on the fake ring; the signals come in the middle of one.
+async def test_one_signal_abandons_a_long_device_wait(tmp_path, fakes, autojump_clock) -> None:
+    # Each step waits 100 s on the fake ring; the signal comes in the middle of step 2.
     cfg = load_config(None, ["train.steps=5", "reservoir.url='fake://?delay=100'",
+                             "train.checkpoint_every=1"])
+
+    async def interrupt() -> None:
+        await trio.sleep(150)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(interrupt)
+            result = await run_training(cfg, tmp_path / "run", resume=False, **fakes)
+            stopped_at = trio.current_time()
+    assert result["reason"] == "signal" and stopped_at < 151   # not after the 100 s wait
+    assert logs[-1]["event"] == "run_stop" and logs[-1]["reason"] == "signal"
+    assert latest_checkpoint(tmp_path / "run").name == "step-1"   # the last completed one
+
+
+async def test_a_second_signal_stops_at_once(tmp_path, fakes, autojump_clock) -> None:
+    # A device deaf to cancelling: the first signal cannot end its wait; the second does.
+    cfg = load_config(None, ["train.steps=5", "reservoir.url='fake://?delay=100&shield=1'",
                              "train.checkpoint_every=1"])
 
     async def interrupt_twice() -> None:
