@@ -19,8 +19,8 @@ import structlog
 import trio
 from structlog.testing import LogCapture
 
-__all__ = ["configure_logging", "follow_events", "get_logger", "read_events",
-           "render_event"]
+__all__ = ["RunLog", "configure_logging", "dedupe", "follow_events", "get_logger",
+           "next_session", "read_events", "render_event"]
 
 EVENTS_FILE = "events.jsonl"
 _HIDDEN = ("timestamp", "event", "run_id", "level")
@@ -45,32 +45,84 @@ _PROCESSORS = [
 ]
 
 
-def configure_logging(run_dir: str | Path, run_id: str | None = None) -> Callable[[], None]:
-    """Send structlog events to ``<run_dir>/events.jsonl``; return a closer.
+class _Sink:
+    """Where a run's JSON lines go: held in memory until the run directory is there
+    (devices open before it is created), then its events.jsonl, flushed per line."""
 
-    While ``structlog.testing.capture_logs()`` is active its capture stays in place,
-    so tests see a run's events. The closer unbinds ``run_id``, restores the
-    previous configuration and closes the file. Raises ``OSError`` when the file
-    cannot be opened.
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.stream: Any = None
+
+    def write(self, text: str) -> None:
+        if self.stream is None:
+            self.pending.append(text)
+        else:
+            self.stream.write(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+
+    def attach(self, path: Path) -> None:
+        torn = _ends_torn(path)
+        self.stream = path.open("a", encoding="utf-8")
+        if torn:
+            self.stream.write("\n")  # a killed run left half a line: keep ours whole
+        for text in self.pending:
+            self.stream.write(text)
+        self.pending.clear()
+        self.stream.flush()
+
+
+class RunLog:
+    """The structlog configuration of one run, from before its devices open to its end.
+
+    ``attach(run_dir)`` sends what was logged so far, and everything after, to
+    ``<run_dir>/events.jsonl``; ``close()`` restores the previous configuration.
+    Every event carries ``run_id`` and ``session`` (1 for the first session of a run,
+    one more per resume), so a step a resume runs again can be told apart.
+    """
+
+    def __init__(self, run_id: str, session: int = 1) -> None:
+        self.sink = _Sink()
+        self.before = structlog.get_config()
+        capturing = any(isinstance(p, LogCapture) for p in self.before["processors"])
+        # While structlog.testing.capture_logs() is active its capture stays in place.
+        structlog.configure(processors=self.before["processors"] if capturing else _PROCESSORS,
+                            logger_factory=structlog.WriteLoggerFactory(file=self.sink),
+                            cache_logger_on_first_use=False)
+        self.tokens = structlog.contextvars.bind_contextvars(run_id=run_id, session=session)
+
+    def attach(self, run_dir: str | Path) -> None:
+        self.sink.attach(Path(run_dir) / EVENTS_FILE)
+
+    def close(self) -> None:
+        structlog.contextvars.reset_contextvars(**self.tokens)
+        structlog.configure(**self.before)
+        if self.sink.stream is not None:
+            self.sink.stream.close()
+
+
+def configure_logging(run_dir: str | Path, run_id: str | None = None) -> Callable[[], None]:
+    """Send structlog events to ``<run_dir>/events.jsonl`` at once; return a closer.
+
+    Raises ``OSError`` when the file cannot be opened.
     """
     path = Path(run_dir) / EVENTS_FILE
-    torn = _ends_torn(path)
-    stream = path.open("a", encoding="utf-8")
-    if torn:
-        stream.write("\n")  # a killed run left half a line: keep ours whole
-    before = structlog.get_config()
-    capturing = any(isinstance(p, LogCapture) for p in before["processors"])
-    structlog.configure(processors=before["processors"] if capturing else _PROCESSORS,
-                        logger_factory=structlog.WriteLoggerFactory(file=stream),
-                        cache_logger_on_first_use=False)
-    tokens = structlog.contextvars.bind_contextvars(run_id=run_id or Path(run_dir).name)
+    log = RunLog(run_id or Path(run_dir).name, session=next_session(path))
+    try:
+        log.attach(run_dir)
+    except BaseException:
+        log.close()
+        raise
+    return log.close
 
-    def close() -> None:
-        structlog.contextvars.reset_contextvars(**tokens)
-        structlog.configure(**before)
-        stream.close()
 
-    return close
+def next_session(path: Path) -> int:
+    """1 + the sessions (run_start events) an events file holds."""
+    if not Path(path).is_file():
+        return 1
+    return 1 + sum(1 for e in read_events(path) if e.get("event") == "run_start")
 
 
 def _ends_torn(path: Path) -> bool:
@@ -88,11 +140,29 @@ def get_logger() -> Any:
 
 
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Parse the complete lines of an events file; skip a torn last line."""
-    with Path(path).open(encoding="utf-8") as f:
+    """Parse the complete lines of an events file; skip torn and garbled lines
+    (a crash's half line, bytes that are not UTF-8)."""
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
         for line in f:
             if event := _parse(line):
                 yield event
+
+
+def dedupe(events) -> list[dict[str, Any]]:
+    """The events with each step once: a ``run_resumed`` at step S supersedes the
+    step, eval and checkpoint events of steps after S logged before it (a stopped
+    session's work the resume runs again)."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        if event.get("event") == "run_resumed" and isinstance(event.get("step"), int):
+            resumed = event["step"]
+            out = [e for e in out if e.get("event") not in _PER_STEP
+                   or not isinstance(e.get("step"), int) or e["step"] <= resumed]
+        out.append(event)
+    return out
+
+
+_PER_STEP = ("step", "eval", "checkpoint_saved")
 
 
 def render_event(event: dict[str, Any]) -> str:
@@ -102,27 +172,45 @@ def render_event(event: dict[str, Any]) -> str:
 
 
 async def follow_events(path: str | Path, emit: Callable[[dict[str, Any]], None],
-                        *, poll: float = 0.2) -> None:
+                        *, poll: float = 0.2, alive: Callable[[], bool] | None = None,
+                        grace: float = 2.0) -> None:
     """Pass every event of a growing file to ``emit`` until the run stops.
 
-    The run has stopped when the file ends with a ``run_stop`` event; one followed
-    by more events (a resumed run) is history. Waits for the file to appear and
-    holds back a line until its newline arrives. Cancel it (Ctrl-C) to stop earlier.
+    ``alive()`` says whether a process still works on the run (pgt._lock.held_by):
+    following ends once the file has no more lines and no process has held the run
+    for ``grace`` seconds — after its ``run_stop``, or after a kill that logged
+    none; a resume that picks the run up meanwhile is followed on. Without
+    ``alive``, following ends at a ``run_stop`` that is the file's last event. Waits
+    for the file to appear and holds back a line until its newline arrives. Cancel
+    it (Ctrl-C) to stop earlier.
     """
     path = Path(path)
     while not path.exists():
+        if alive is not None and not alive():
+            await trio.sleep(grace)
+            if not path.exists() and not alive():
+                return
         await trio.sleep(poll)
-    with path.open(encoding="utf-8") as f:
-        pending, last = "", None
+    with path.open(encoding="utf-8", errors="replace") as f:
+        pending, last, idle_since = "", None, None
         while True:
-            pending += f.read()
+            chunk = f.read()
+            pending += chunk
             *lines, pending = pending.split("\n")
             for line in lines:
                 if event := _parse(line):
                     emit(event)
                     last = event.get("event")
-            if last == "run_stop" and not pending:
-                return
+            if not chunk:
+                if alive is None:
+                    if last == "run_stop" and not pending:
+                        return
+                elif alive():
+                    idle_since = None
+                else:
+                    idle_since = idle_since or trio.current_time()
+                    if trio.current_time() - idle_since >= grace:
+                        return
             await trio.sleep(poll)
 
 

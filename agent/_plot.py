@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pgt._logging import EVENTS_FILE, read_events
+from pgt._logging import EVENTS_FILE, dedupe, read_events
 from pgt._runloop import RunDirError
 
 __all__ = ["read_curves", "plot_run", "figure"]
@@ -31,7 +31,7 @@ def read_curves(run_dir: Path) -> dict[str, list]:
     curves: dict[str, list] = {k: [] for k in ("eval_ring_evals", "eval_step", "test_loss",
                                               "step_ring_evals", "loss")}
     evals_at_step: dict[int, int] = {}
-    for event in read_events(path):
+    for event in dedupe(read_events(path)):   # each step once, across resumes
         if event.get("event") == "step":
             evals_at_step[event["step"]] = event.get("ring_evals", 0)
             curves["step_ring_evals"].append(event.get("ring_evals", 0))

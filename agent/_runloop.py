@@ -15,6 +15,7 @@ import datetime
 import gc
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pgt._checkpoint import (BEST, CheckpointError, best_checkpoint, latest_chec
                              list_checkpoints, load_checkpoint, save_checkpoint)
 from pgt._config import config_to_toml, load_config
 from pgt._lock import LOCK_FILE, RunLock
-from pgt._logging import configure_logging, get_logger
+from pgt._logging import EVENTS_FILE, RunLog, get_logger, next_session
 from pgt._progress import Progress, result_line
 from pgt._schema import Config
 from pgt._trainer import Diverged
@@ -275,6 +276,23 @@ async def _train_locked(cfg, run_dir, lock, *, resume, progress, make_trainer, o
     real = make_trainer is None
     make_trainer, open_reservoir = _defaults(make_trainer, open_reservoir)
     data = open_run_data(cfg, run_dir, resume=resume, arrays=arrays) if real else None
+    # Events from here on (the devices' own, as they open) wait in memory until the
+    # run directory holds a run, then go to its events.jsonl; none reach the console.
+    runlog = RunLog(run_dir.name, session=next_session(run_dir / EVENTS_FILE))
+    try:
+        if resume:
+            runlog.attach(run_dir)
+        return await _open_and_run(cfg, run_dir, lock, runlog, checkpoint, skipped, real,
+                                   make_trainer, open_reservoir, reservoir, data, arrays,
+                                   resume=resume, progress=progress, signals=signals,
+                                   changes=changes)
+    finally:
+        runlog.close()
+
+
+async def _open_and_run(cfg, run_dir, lock, runlog, checkpoint, skipped, real, make_trainer,
+                        open_reservoir, reservoir, data, arrays, *, resume, progress, signals,
+                        changes) -> dict[str, Any]:
     # The device opens before the run is created: a bad URL leaves nothing.
     from pgt._pool import open_devices   # imports the backends: only when a run starts
     context = _object_reservoir(cfg, reservoir) or open_devices(cfg, open_reservoir)
@@ -288,26 +306,23 @@ async def _train_locked(cfg, run_dir, lock, *, resume, progress, make_trainer, o
         if not resume:
             _create(run_dir, cfg)
             _write_data(run_dir, data, arrays)
+            runlog.attach(run_dir)
         elif changes:
             _write_atomic(run_dir / CONFIG_FILE, config_to_toml(cfg))
-        close_logging = configure_logging(run_dir)
         progress = progress or Progress(silent=True)
-        try:
-            log = get_logger()
-            if checkpoint is not None:
-                log.info("run_resumed", step=trainer.step, checkpoint=path,
-                         **({"changes": {k: list(v) for k, v in changes.items()}} if changes else {}),
-                         **({"skipped": skipped} if skipped else {}),
-                         **({"lock_taken_over": lock.previous} if lock.previous else {}))
-                for reason in skipped:
-                    progress.notice(f"passed over a damaged checkpoint: {reason}")
-                if skipped:
-                    progress.notice(f"resuming from {path}")
-            run = _Run(cfg, run_dir, trainer, progress, meta)
-            lock.started = True
-            return await run.supervise(resumed=resume, signals=signals)
-        finally:
-            close_logging()
+        log = get_logger()
+        if checkpoint is not None:
+            log.info("run_resumed", step=trainer.step, checkpoint=path,
+                     **({"changes": {k: list(v) for k, v in changes.items()}} if changes else {}),
+                     **({"skipped": skipped} if skipped else {}),
+                     **({"lock_taken_over": lock.previous} if lock.previous else {}))
+            for reason in skipped:
+                progress.notice(f"passed over a damaged checkpoint: {reason}")
+            if skipped:
+                progress.notice(f"resuming from {path}")
+        run = _Run(cfg, run_dir, trainer, progress, meta)
+        lock.started = True
+        return await run.supervise(resumed=resume, signals=signals)
 
 
 # Settings a resume may change: what the run does next, not what it has computed.
@@ -474,7 +489,9 @@ class _Run:
                       k=c.estimator.k, sigma=c.estimator.sigma, optimizer=c.optimizer.name,
                       lr=c.optimizer.lr, seed=c.seed, device=c.device,
                       reservoir=c.reservoir.urls or c.reservoir.url, run_dir=str(self.run_dir),
-                      data=c.data.path or c.data.name, task=self.task)
+                      data=c.data.path or c.data.name, task=self.task, version=_version(),
+                      host=socket.gethostname(), pid=os.getpid(),
+                      devices=_identities(getattr(self.trainer, "reservoir", None)))
         self.progress.start(self.trainer.step, self.trainer.total_steps, self.elapsed0)
         async with trio.open_nursery() as nursery:
             if signals:
@@ -674,6 +691,32 @@ class _Run:
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics as JSON values (for a checkpoint's meta.json)."""
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pgt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _identities(reservoir: Any) -> list[dict[str, Any]]:
+    """Each device's identity (what answered HELLO), or a simulator's name and sizes."""
+    if reservoir is None:
+        return []
+    members = getattr(reservoir, "devices", None)
+    if members is not None:
+        return [d for member in members for d in _identities(member)]
+    identity = getattr(reservoir, "identity", None)
+    if isinstance(identity, dict):
+        return [identity]
+    info = getattr(reservoir, "info", None)
+    if info is None:
+        return [{"name": type(reservoir).__name__}]
+    return [{"name": info.name, "n_inputs": info.n_inputs, "n_features": info.n_features,
+             "max_batch": info.max_batch}]
 
 
 def _devices(cfg: Config) -> str:

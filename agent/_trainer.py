@@ -206,10 +206,12 @@ class Trainer:
         link0 = getattr(self.reservoir, "link_seconds", 0.0)
         idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
-        grad, metrics, ev = await self.estimate(x, y, self.step)
-        loss = float(ev.losses.mean())
-        lr_scale = self.estimator.lr_scale(self.step) * self._schedule() * self.lr_factor
-        params, opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
+        # Overflow is not an error here but a divergence, which the check below names.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            grad, metrics, ev = await self.estimate(x, y, self.step)
+            loss = float(ev.losses.mean())
+            lr_scale = self.estimator.lr_scale(self.step) * self._schedule() * self.lr_factor
+            params, opt_state = self.optimizer.update(self.params, grad, self.opt_state, lr_scale)
         _check_finite(self.step + 1, loss=loss, gradient=grad, parameters=params)
         self.params, self.opt_state = params, opt_state
         self.step += 1

@@ -2,7 +2,7 @@
 
     pgt train [CONFIG] [--data FILE] [--set key=value ...] [--backend URL ...] [--device cpu|gpu]
               [--run-dir DIR] [--name NAME] [--quiet]
-    pgt resume RUN_DIR [--quiet]
+    pgt resume RUN_DIR [--set key=value ...] [--backend URL ...] [--from step-N] [--quiet]
     pgt logs RUN_DIR [--follow] [--event NAME ...]
     pgt eval RUN_DIR
     pgt emulate [--pty | --tcp PORT] [--host ADDR] [--latency-ms MS] [--baud BAUD]
@@ -10,43 +10,67 @@
     pgt report [--quick] [--out DIR] [--jobs N] [--seeds N ...]
                 [--noise X] [--drift X] [--faults SPEC]
 
-Errors a person can act on (configuration, run directory, checkpoint, device) are
-handled once, here: one line on stderr starting with ``pgt: `` and exit status 2
-for usage and configuration mistakes, 1 for the others, 130 when interrupted.
+Errors a person can act on (configuration, run directory, checkpoint, data, device)
+are handled once, here: one line on stderr starting with ``pgt: `` and exit status 2
+for usage and configuration mistakes, 1 for the others, 3 when the run diverged, 75
+when no device was in service for ``reservoir.suspend_limit_s``, 130 when
+interrupted (a second stop signal, or one during start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import trio
-
-from pgt._checkpoint import CheckpointError
-from pgt._config import ConfigError, load_config
-from pgt._logging import EVENTS_FILE, follow_events, read_events, render_event
-from pgt._progress import Progress
-from pgt._runloop import (RunDirError, RunInterrupted, evaluate_run, new_run_dir,
-                            read_run_config, run_training)
-
 __all__ = ["main"]
+
+EXIT_DIVERGED, EXIT_SUSPENDED = 3, 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``pgt`` command; return the process exit status."""
+    restore = _terminate_as_interrupt()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:   # a signal before the run's own handling (start-up)
+        print("pgt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:     # `pgt logs RUN | head`: the reader has gone
+        _quiet_stdout()
+        return 0
+    finally:
+        restore()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else 2
+    if args.handler in (_train, _resume):
+        _pin_blas_threads()
+    from pgt._checkpoint import CheckpointError
+    from pgt._config import ConfigError
+    from pgt._runloop import RunDirError, RunDiverged, RunInterrupted, SuspendLimitReached
+
     code = 0
     try:
         code = args.handler(args)
+    except* BrokenPipeError:   # `pgt logs RUN | head`: the reader has gone
+        _quiet_stdout()
     except* ConfigError as group:
         code = _fail(group, 2)
+    except* RunDiverged as group:
+        code = _fail(group, EXIT_DIVERGED)
+    except* SuspendLimitReached as group:
+        code = _fail(group, EXIT_SUSPENDED)
     except* (RunDirError, CheckpointError, OSError, *_backend_errors()) as group:
         code = _fail(group, 1)
     except* (RunInterrupted, KeyboardInterrupt) as group:
@@ -54,7 +78,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _terminate_as_interrupt():
+    """SIGTERM before a run handles signals itself is Ctrl-C: one line, exit 130. (A
+    running run installs its own handlers and checkpoints; this only covers start-up
+    and shut-down.) Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM,
+                             lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _pin_blas_threads() -> None:
+    """One BLAS thread, as pgt report's workers have: the layers' small products run
+    several times faster on a 2-core machine without thread hand-offs, to the same bits.
+    OPENBLAS_NUM_THREADS (or OMP_/MKL_) set by the caller wins."""
+    if any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                     "MKL_NUM_THREADS")):
+        return
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"   # for a NumPy not imported yet
+    if "numpy" in sys.modules:   # already loaded (main called from Python)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+
+
+def _quiet_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def _train(args: argparse.Namespace) -> int:
+    import trio
+
+    from pgt._config import load_config
+    from pgt._progress import Progress
+    from pgt._runloop import new_run_dir, run_training
+
     backends = args.backend or []
     flags = {"reservoir.url": backends[0] if len(backends) == 1 else None,
              "reservoir.urls": backends if len(backends) > 1 else None,
@@ -69,15 +130,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    import trio
+
+    from pgt._progress import Progress
+    from pgt._runloop import resume_config, run_training
+
     run_dir = Path(args.run_dir)
-    cfg = read_run_config(run_dir)
-    trio.run(partial(run_training, cfg, run_dir, resume=True,
-                     progress=Progress(quiet=args.quiet)))
+    backends = args.backend or []
+    flags = {"reservoir.url": backends[0] if len(backends) == 1 else None,
+             "reservoir.urls": backends if len(backends) > 1 else ([] if backends else None)}
+    cfg, changes = resume_config(run_dir, args.set,
+                                 {k: v for k, v in flags.items() if v is not None})
+    trio.run(partial(run_training, cfg, run_dir, resume=True, start=args.start,
+                     changes=changes, progress=Progress(quiet=args.quiet)))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import trio
+
     from pgt._progress import metric_text
+    from pgt._runloop import evaluate_run
 
     result = trio.run(evaluate_run, Path(args.run_dir))
     regression = result.get("task") == "regression"
@@ -95,6 +168,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    import trio
+
+    from pgt._lock import held_by
+    from pgt._logging import EVENTS_FILE, dedupe, follow_events, read_events, render_event
+    from pgt._runloop import RunDirError
+
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}")
@@ -104,23 +183,42 @@ def _logs(args: argparse.Namespace) -> int:
         if not args.event or event.get("event") in args.event:
             print(render_event(event), flush=True)
 
+    if not args.follow and not path.is_file():
+        raise RunDirError(f"no {EVENTS_FILE} in {run_dir}")
+    # Each step once, however many resumes ran it again.
+    for event in dedupe(read_events(path)) if path.is_file() else ():
+        emit(event)
     if args.follow:
+        seen = sum(1 for _ in read_events(path)) if path.is_file() else 0
+        skipped = iter(range(seen))
+
+        def follow(event: dict[str, Any]) -> None:
+            if next(skipped, None) is None:   # past what was shown above
+                emit(event)
+
         try:
-            trio.run(follow_events, path, emit)
+            trio.run(partial(follow_events, path, follow,
+                             alive=lambda: held_by(run_dir) is not None))
         except* KeyboardInterrupt:
             pass  # Ctrl-C is how a person stops following
-        return 0
-    if not path.is_file():
-        raise RunDirError(f"no {EVENTS_FILE} in {run_dir}")
-    for event in read_events(path):
-        emit(event)
     return 0
 
 
 def _emulate(args: argparse.Namespace) -> int:
+    import trio
+
+    from pgt._config import ConfigError
     from pgt.backends import EmulatorConfig, FaultSpec, emulate
     from pgt.kernels import RingParams
 
+    for flag, value, low in (("--inputs", args.inputs, 1), ("--nodes", args.nodes, 1),
+                             ("--max-batch", args.max_batch, 1), ("--latency-ms", args.latency_ms, 0),
+                             ("--baud", args.baud, 0), ("--noise", args.noise, 0),
+                             ("--drift", args.drift, 0)):
+        if not low <= value < float("inf"):
+            raise ConfigError(f"emulate: {flag} must be at least {low}, got {value!r}")
+    if args.tcp is not None and not 0 <= args.tcp <= 65535:
+        raise ConfigError(f"emulate: --tcp {args.tcp} is not a TCP port (0-65535)")
     try:
         config = EmulatorConfig(
             ring=RingParams(nodes=args.nodes, noise=args.noise, drift=args.drift),
@@ -196,6 +294,13 @@ def _parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue a run from its checkpoint")
     resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a setting that does not change what the run computed, "
+                        "e.g. --set train.steps=6000")
+    resume.add_argument("--backend", metavar="URL", action="append",
+                        help="the same ring(s) at a new address (reservoir.url/urls)")
+    resume.add_argument("--from", dest="start", metavar="step-N",
+                        help="resume from this checkpoint (default: the newest valid one)")
     resume.add_argument("--quiet", action="store_true", help="only the result line")
     resume.set_defaults(handler=_resume)
 

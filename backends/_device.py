@@ -65,6 +65,17 @@ class _Trial:
 class DeviceReservoir:
     """A Reservoir on a device that speaks docs/protocol.md. Use ``open_device``."""
 
+    @property
+    def identity(self) -> dict:
+        """Who answered HELLO: firmware, protocol version, sizes, reset cause, where."""
+        if self.first is None:
+            return {"where": self.where}
+        h = self.first.hello
+        return {"where": self.where, "firmware_id": h.firmware_id,
+                "protocol_version": h.protocol_version, "n_inputs": h.n_inputs,
+                "n_nodes": h.n_nodes, "n_features": self.first.config.n_features,
+                "max_batch": h.max_batch, "reset_cause": h.reset_cause.name}
+
     def __init__(self, connector: Connector, options: Options, where: str) -> None:
         self._connect, self.options, self.where = connector, options, where
         self._log = structlog.get_logger()

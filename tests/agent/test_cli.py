@@ -244,7 +244,7 @@ def test_sigint_once_checkpoints_and_exits_0(tmp_path) -> None:
 def _errors() -> list:
     from pgt._checkpoint import CheckpointError
     from pgt._config import ConfigError
-    from pgt._runloop import RunDirError
+    from pgt._runloop import RunDirError, RunDiverged, SuspendLimitReached
     backend = pytest.importorskip("pgt.backends").ReservoirError
     return [(ConfigError("config: bad"), 2, "pgt: config: bad"),
             (CheckpointError("checkpoint x: checksum mismatch"), 1,
@@ -254,7 +254,9 @@ def _errors() -> list:
             (OSError(28, "No space left on device"), 1,
              "pgt: [Errno 28] No space left on device"),
             (RunInterrupted("interrupted by SIGINT"), 130, "pgt: interrupted by SIGINT"),
-            (KeyboardInterrupt(), 130, "pgt: interrupted")]
+            (KeyboardInterrupt(), 130, "pgt: interrupted"),
+            (RunDiverged("run diverged: step 3"), 3, "pgt: run diverged: step 3"),
+            (SuspendLimitReached("no device"), 75, "pgt: no device")]
 
 
 def _raising(error: BaseException, nested: bool):
@@ -269,7 +271,7 @@ def _raising(error: BaseException, nested: bool):
 def test_errors_from_nurseries_become_one_line_and_a_status(tmp_path, monkeypatch, capsys,
                                                            nested) -> None:
     for error, status, line in _errors():
-        monkeypatch.setattr("pgt.cli.run_training", _raising(error, nested))
+        monkeypatch.setattr("pgt._runloop.run_training", _raising(error, nested))
         assert main(["train", "--run-dir", str(tmp_path)]) == status
         assert _one_error_line(capsys) == line
 
