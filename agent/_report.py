@@ -119,10 +119,12 @@ def _run_one(args: tuple[Job, int, str]) -> dict[str, Any]:
     from pgt._config import load_config
     from pgt._runloop import run_training
 
+    from pgt._checkpoint import latest_checkpoint, load_checkpoint
+
     job, seed, runs = args
     run_dir = Path(runs) / _run_name(job, seed)
-    start = time.perf_counter()
-    if not finished(run_dir):
+    reused = finished(run_dir)
+    if not reused:
         cfg = load_config(None, [*job.overrides, f"seed={seed}", f"train.steps={job.steps}",
                                  f"train.eval_every={job.eval_every}",
                                  "train.checkpoint_every=0", "train.keep_checkpoints=1",
@@ -130,7 +132,9 @@ def _run_one(args: tuple[Job, int, str]) -> dict[str, Any]:
                                  f"run_name={run_dir.name}"])
         resume = (run_dir / "config.toml").is_file()
         trio.run(lambda: run_training(cfg, run_dir, resume=resume))
-    return {"run_dir": str(run_dir), "seconds": time.perf_counter() - start}
+    # The run's own training time (all its sessions), whether trained now or before.
+    seconds = load_checkpoint(latest_checkpoint(run_dir))[1].get("elapsed_s", 0.0)
+    return {"run_dir": str(run_dir), "seconds": seconds, "reused": reused}
 
 
 def _execute(work: list[tuple[Job, int, str]], jobs: int) -> list[dict[str, Any]]:
@@ -150,7 +154,7 @@ def _summarise(job: Job, runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = np.array([100 * c["test_accuracy"][_best_index(c)] for c in curves])
     loss = np.array([c["test_loss"][-1] for c in curves])
     return {"section": job.section, "label": job.label, "url": job.url,
-            "overrides": list(job.overrides), "steps": job.steps,
+            "overrides": list(job.overrides), "steps": int(curves[0]["eval_step"][-1]),
             "accuracy": acc.tolist(), "best_val_accuracy": chosen.tolist(),
             "test_loss": loss.tolist(),
             "ring_evals": int(curves[0]["eval_ring_evals"][-1]),
@@ -170,6 +174,11 @@ def _best_index(curves: dict[str, list]) -> int:
         if better("classification", {"val_accuracy": acc, "val_loss": loss}, best):
             best, index = {"val_accuracy": acc, "val_loss": loss}, i
     return index
+
+
+def _reused(results: list[dict[str, Any]]) -> str:
+    n = sum(1 for r in results if r.get("reused"))
+    return f" ({n} of them finished by an earlier report, reused)" if n else ""
 
 
 def _fmt_evals(n: float) -> str:
@@ -249,7 +258,8 @@ def run_report(out: Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1
         by_section.setdefault(job.section, []).append(_summarise(job, by_job[job]))
     wall = time.perf_counter() - start
     text = [f"# pgt report{' (quick)' if quick else ''}", "",
-            f"Seeds {', '.join(map(str, seeds))}; {len(work)} runs in {wall / 60:.1f} min "
+            f"Seeds {', '.join(map(str, seeds))}; {len(work)} runs"
+            f"{_reused(results)} in {wall / 60:.1f} min "
             f"wall on {jobs} worker(s). Accuracy is the final test accuracy; ring evals "
             "are single-sample reservoir passes during training.", ""]
     for name, rows in by_section.items():

@@ -101,6 +101,12 @@ class Trainer:
         self.reservoir = reservoir
         self.data = data if data is not None else open_dataset(cfg.data)
         self.estimator = make_estimator(cfg.estimator, cfg.seed)
+        if cfg.estimator.name == "backprop" and not callable(getattr(reservoir, "vjp", None)):
+            from pgt._config import ConfigError
+
+            raise ConfigError(f"config: estimator 'backprop' needs a differentiable simulated "
+                              f"ring (sim://ring); {reservoir.info.name} is a black box: use "
+                              f"interface, pgt, spsa, readout or ridge")
         self.model = build_model(cfg, self.data, reservoir.info)
         if getattr(self.estimator, "closed_form", False):
             from pgt._ridge import LinearReadoutModel

@@ -242,8 +242,13 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from pgt._config import ConfigError
     from pgt._report import run_report
 
+    if args.jobs < 1:
+        raise ConfigError(f"report: --jobs must be at least 1, got {args.jobs}")
+    if any(s < 0 for s in args.seeds):
+        raise ConfigError(f"report: seeds must not be negative, got {args.seeds}")
     result = run_report(Path(args.out), quick=args.quick, seeds=tuple(args.seeds), jobs=args.jobs)
     print(result["text"])
     print(f"report: {result['report']} ({result['wall_seconds'] / 60:.1f} min)")
@@ -271,11 +276,21 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
     return (ReservoirError, DeviceError, DataError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (``pgt: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("pgt").strip()
+        hint = f"pgt {command} --help" if command else "pgt --help"
+        self.exit(2, f"pgt: {message} (see {hint})\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pgt", description="Train networks with a physical reservoir inside, "
         "forward-only (perturbative gradient training).")
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     train = commands.add_parser("train", help="start a run")
     train.add_argument("config", nargs="?", metavar="CONFIG", help="TOML config file")

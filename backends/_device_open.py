@@ -86,9 +86,35 @@ def _parse(url: str, scheme: str) -> tuple[dict, dict, dict]:
     return host, emu, ring
 
 
+# The lowest value each numeric setting can take (None: no bound beyond its type).
+_AT_LEAST = {"settle": 0, "batch": 0, "baud": 0.0, "retries": 0, "open_timeout_s": 0.0,
+             "quarantine_after": 1, "quarantine_s": 0.0, "backoff_max_s": 0.0,
+             "latency_s": 0.0, "round_trip_s": 0.0, "n_inputs": 1, "max_batch": 1}
+_ABOVE_ZERO = ("timeout_s", "scale")
+
+
+def _check_ranges(values: dict) -> None:
+    """One-line errors for values no device could use (found before opening it)."""
+    import math
+
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ReservoirURLError(f"reservoir URL: {name} = {value!r} is not a finite number")
+        low = _AT_LEAST.get(name)
+        if low is not None and value < low:
+            raise ReservoirURLError(f"reservoir URL: {name} = {value!r} must be at least {low}")
+        if name in _ABOVE_ZERO and not value > 0:
+            raise ReservoirURLError(f"reservoir URL: {name} = {value!r} must be above 0")
+    for name in ("steps", "nodes"):
+        if name in values and (min(values[name]) < 0 or list(values[name]) != sorted(values[name])):
+            raise ReservoirURLError(f"reservoir URL: sample_{name} must be ascending "
+                                    f"non-negative indices, got {values[name]}")
+
+
 def _options(host: dict) -> Options:
     if host.get("bits", 16) not in (8, 12, 16):
         raise ReservoirURLError(f"reservoir URL: bits={host['bits']} is not 8, 12 or 16")
+    _check_ranges(host)
     return Options(**host)
 
 
@@ -111,6 +137,8 @@ async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceRes
     """The device named by a serial://, socket:// or emu:// URL, opened and verified."""
     parsed = urllib.parse.urlparse(url)
     host, emu, ring = _parse(url, parsed.scheme)
+    options = _options(host)
+    _check_ranges(emu)
     if parsed.scheme == "emu":
         try:
             config = EmulatorConfig(ring=RingParams(**ring), baud=host.get("baud", 0.0), seed=seed, **emu)
@@ -119,7 +147,7 @@ async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceRes
         with single_errors():
             async with trio.open_nursery() as nursery:
                 link = MemoryLink(EmulatedDevice(config), nursery)
-                async with open_device(link.connect, _options(host), url) as device:
+                async with open_device(link.connect, options, url) as device:
                     device.emulator = link.device
                     yield device
                 nursery.cancel_scope.cancel()
@@ -130,5 +158,5 @@ async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceRes
         connector = serial_connector(where, int(host["baud"]))
     else:
         connector = tcp_connector(*where)
-    async with open_device(connector, _options(host), url) as device:
+    async with open_device(connector, options, url) as device:
         yield device

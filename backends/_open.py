@@ -50,6 +50,9 @@ def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRi
         params = RingParams(**ring_kw)
     except ValueError as exc:
         raise ReservoirURLError(f"reservoir URL: {exc}") from None
+    for key in ("inputs", "max_batch"):
+        if key in extra and extra[key] < 1:
+            raise ReservoirURLError(f"reservoir URL: {key}={extra[key]} must be at least 1")
     ring_device = extra.get("device", device)  # a device in the URL overrides --device
     if ring_device not in ("cpu", "gpu"):
         raise ReservoirURLError(f"reservoir URL: device={ring_device!r} (expected cpu or gpu)")
@@ -78,7 +81,11 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     to load; ReservoirError naming the plugin and its distribution when its opener
     fails or returns no reservoir; DeviceUnavailable when a device cannot be reached.
     """
-    parsed = urllib.parse.urlparse(url)
+    try:
+        parsed = urllib.parse.urlparse(url)
+        parsed.port   # noqa: B018 — a port that is not a number raises here, not later
+    except ValueError as exc:
+        raise ReservoirURLError(f"reservoir URL {url!r}: {exc}") from None
     if parsed.scheme == "sim":
         yield _open_sim(parsed, seed, device)
         return
