@@ -30,8 +30,8 @@ import trio
 
 from pgt._checkpoint import BEST
 from pgt._config import ConfigError, config_from
-from pgt._runloop import (OBJECT_SCHEME, evaluate_run, new_run_dir, predict_run,
-                          read_run_config, run_training)
+from pgt._runloop import (OBJECT_SCHEME, evaluate_run, predict_run, read_run_config,
+                          run_training, train_new)
 from pgt._schema import Config
 
 __all__ = ["TrainResult", "evaluate", "load", "resume", "resume_async", "train", "train_async"]
@@ -95,10 +95,13 @@ async def train_async(x=None, y=None, *, config: Config | Mapping[str, Any] | No
         raise ConfigError("pgt.train: x_test and y_test need x and y")
     if reservoir is not None:
         cfg = _object_config(cfg, reservoir)
-    path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     arrays = (x, y, x_test, y_test) if x is not None else None
-    metrics = await run_training(cfg, path, resume=False, reservoir=reservoir, arrays=arrays,
-                                 signals=signals)
+    kwargs = {"reservoir": reservoir, "arrays": arrays, "signals": signals}
+    if run_dir is not None:
+        metrics = await run_training(cfg, Path(run_dir), resume=False, **kwargs)
+    else:   # a new time-stamped name under config.run_dir
+        metrics = await train_new(cfg, **kwargs)
+    path = Path(metrics["run_dir"])
     return TrainResult(path, metrics, read_run_config(path), reservoir)
 
 

@@ -8,6 +8,7 @@ goes to stdout, always exactly one, so ``pgt train | tail -1`` is the result.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -123,7 +124,11 @@ class Progress:
 
     def _draw(self) -> None:
         self._last_draw = self._clock()
-        self._status.write("\r\x1b[K" + self._line())
+        width = shutil.get_terminal_size((80, 24)).columns
+        line = self._line()
+        if len(line) >= width:   # one line, however narrow the terminal: never wrap
+            line = line[: max(width - 2, 1)] + "…"
+        self._status.write("\r\x1b[K" + line)
         self._status.flush()
         self._drawn = True
 

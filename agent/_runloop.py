@@ -31,7 +31,8 @@ from pgt._progress import Progress, result_line
 from pgt._schema import Config
 from pgt._trainer import Diverged
 
-__all__ = ["RunDirError", "RunDiverged", "RunInterrupted", "SuspendLimitReached", "evaluate_run", "freeze_startup_objects",
+__all__ = ["RunDirError", "RunDirTaken", "RunDiverged", "RunInterrupted", "SuspendLimitReached",
+           "train_new", "evaluate_run", "freeze_startup_objects",
            "new_run_dir", "read_run_config", "run_training"]
 
 CONFIG_FILE = "config.toml"
@@ -42,6 +43,10 @@ OBJECT_SCHEME = "object://"    # reservoir.url of a run given a reservoir object
 
 class RunDirError(Exception):
     """A run directory is missing, incomplete or already taken (one-line message)."""
+
+
+class RunDirTaken(RunDirError):
+    """Another run has the directory: it exists, or a live process holds it."""
 
 
 class RunInterrupted(Exception):
@@ -72,6 +77,20 @@ def new_run_dir(cfg: Config) -> Path:
         n += 1
         candidate = parent / f"{base}-{n}"
     return candidate
+
+
+async def train_new(cfg: Config, **kwargs: Any) -> dict[str, Any]:
+    """``run_training`` of a new run in ``new_run_dir(cfg)``. Two runs started in the
+    same second pick the same time-stamped name; the one that finds it taken takes
+    the next. A name the config gives is used as it is."""
+    for _ in range(20):
+        run_dir = new_run_dir(cfg)
+        try:
+            return await run_training(cfg, run_dir, resume=False, **kwargs)
+        except RunDirTaken:
+            if cfg.run_name:
+                raise
+    raise RunDirError(f"no free run directory name under {cfg.run_dir} after 20 tries")
 
 
 def read_run_config(run_dir: Path) -> Config:
@@ -134,7 +153,7 @@ def _restore(trainer: Any, path: Path, arrays: dict[str, Any]) -> None:
 
 def _check_free(run_dir: Path) -> None:
     if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise RunDirError(f"run directory {run_dir} already exists "
+        raise RunDirTaken(f"run directory {run_dir} already exists "
                           f"(pgt resume {run_dir} continues it)")
 
 
@@ -251,7 +270,7 @@ async def run_training(cfg: Config, run_dir: Path, *, resume: bool,
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]   # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with RunLock(run_dir, RunDirError) as lock:
+        with RunLock(run_dir, RunDirTaken) as lock:
             return await _train_locked(cfg, run_dir, lock, resume=resume, progress=progress,
                                        make_trainer=make_trainer, open_reservoir=open_reservoir,
                                        reservoir=reservoir, arrays=arrays, signals=signals,

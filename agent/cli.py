@@ -114,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from pgt._config import load_config
     from pgt._progress import Progress
-    from pgt._runloop import new_run_dir, run_training
+    from pgt._runloop import train_new
 
     backends = args.backend or []
     flags = {"reservoir.url": backends[0] if len(backends) == 1 else None,
@@ -123,9 +123,7 @@ def _train(args: argparse.Namespace) -> int:
              "data.path": args.data}
     cfg = load_config(args.config, args.set,
                       settings={k: v for k, v in flags.items() if v is not None})
-    run = partial(run_training, cfg, new_run_dir(cfg), resume=False,
-                  progress=Progress(quiet=args.quiet))
-    trio.run(run)
+    trio.run(partial(train_new, cfg, progress=Progress(quiet=args.quiet)))
     return 0
 
 

@@ -384,3 +384,33 @@ def test_step_events_can_be_thinned_for_long_runs(tmp_path, capsys):
     steps = [e["step"] for e in read_events(tmp_path / "r" / "events.jsonl")
              if e["event"] == "step"]
     assert steps == [7, 10, 14, 20, 21, 28, 30]
+
+
+def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path):
+    argv = _pgt("train", "--backend", "sim://ring?nodes=4", "--set", "train.steps=3",
+                "--run-dir", str(tmp_path), "--quiet")
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert [code for _, _, code in results] == [0, 0, 0], results
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert len(runs) == 3, runs
+    for run in runs:
+        steps = [e["step"] for e in read_events(tmp_path / run / "events.jsonl")
+                 if e["event"] == "step"]
+        assert steps == [1, 2, 3]   # each its own, whole
+
+
+def test_the_status_line_fits_a_narrow_terminal(monkeypatch):
+    import io
+    import os as _os
+
+    from pgt._progress import Progress
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: _os.terminal_size((30, 5)))
+    status = io.StringIO()
+    progress = Progress(status=status, result=io.StringIO(), live=True, clock=lambda: 0.0)
+    progress.start(0, 1000)
+    progress.step({"step": 5, "loss": 1.2345, "ring_evals": 123456})
+    drawn = status.getvalue().split("\x1b[K")[-1]
+    assert 0 < len(drawn) < 30 and drawn.endswith("…")
