@@ -9,8 +9,10 @@ also reads the file back and renders events for a person.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,31 +76,67 @@ class _Sink:
         self.stream.flush()
 
 
+class _Router:
+    """The one file structlog writes to while any run is on: each line goes to the
+    sink of the run whose context logged it (a contextvar: trio tasks and worker
+    threads inherit it), so runs in several threads of one process keep their own
+    events. A line logged outside every run is dropped: library code never prints."""
+
+    def write(self, text: str) -> None:
+        sink = _CURRENT.get()
+        if sink is not None:
+            sink.write(text)
+
+    def flush(self) -> None:
+        sink = _CURRENT.get()
+        if sink is not None:
+            sink.flush()
+
+
+_CURRENT: contextvars.ContextVar[_Sink | None] = contextvars.ContextVar("pgt_run_sink",
+                                                                        default=None)
+_ROUTER = _Router()
+_CONFIG_LOCK = threading.Lock()
+_users = 0
+_saved: dict[str, Any] = {}
+
+
 class RunLog:
-    """The structlog configuration of one run, from before its devices open to its end.
+    """The event log of one run, from before its devices open to its end.
 
     ``attach(run_dir)`` sends what was logged so far, and everything after, to
-    ``<run_dir>/events.jsonl``; ``close()`` restores the previous configuration.
-    Every event carries ``run_id`` and ``session`` (1 for the first session of a run,
-    one more per resume), so a step a resume runs again can be told apart.
+    ``<run_dir>/events.jsonl``; ``close()`` ends it (and, when it was the last run
+    of the process, restores structlog's previous configuration). Every event
+    carries ``run_id`` and ``session`` (1 for the first session of a run, one more
+    per resume), so a step a resume runs again can be told apart.
     """
 
     def __init__(self, run_id: str, session: int = 1) -> None:
+        global _users, _saved
         self.sink = _Sink()
-        self.before = structlog.get_config()
-        capturing = any(isinstance(p, LogCapture) for p in self.before["processors"])
-        # While structlog.testing.capture_logs() is active its capture stays in place.
-        structlog.configure(processors=self.before["processors"] if capturing else _PROCESSORS,
-                            logger_factory=structlog.WriteLoggerFactory(file=self.sink),
-                            cache_logger_on_first_use=False)
+        with _CONFIG_LOCK:
+            if _users == 0:
+                _saved = structlog.get_config()
+                capturing = any(isinstance(p, LogCapture) for p in _saved["processors"])
+                # While structlog.testing.capture_logs() is active its capture stays.
+                structlog.configure(processors=_saved["processors"] if capturing else _PROCESSORS,
+                                    logger_factory=structlog.WriteLoggerFactory(file=_ROUTER),
+                                    cache_logger_on_first_use=False)
+            _users += 1
+        self.sink_token = _CURRENT.set(self.sink)
         self.tokens = structlog.contextvars.bind_contextvars(run_id=run_id, session=session)
 
     def attach(self, run_dir: str | Path) -> None:
         self.sink.attach(Path(run_dir) / EVENTS_FILE)
 
     def close(self) -> None:
+        global _users
         structlog.contextvars.reset_contextvars(**self.tokens)
-        structlog.configure(**self.before)
+        _CURRENT.reset(self.sink_token)
+        with _CONFIG_LOCK:
+            _users -= 1
+            if _users == 0:
+                structlog.configure(**_saved)
         if self.sink.stream is not None:
             self.sink.stream.close()
 

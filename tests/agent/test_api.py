@@ -155,3 +155,25 @@ def test_train_from_a_thread_installs_no_signal_handlers(tmp_path):
     thread.join()
     assert box["r"].metrics["reason"] == "finished"
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_two_runs_in_two_threads_keep_their_own_events(tmp_path):
+    x, y = _blobs()
+    box = {}
+
+    def work(name):
+        box[name] = pgt.train(x, y, config={**CONFIG, "train.steps": 60}, reservoir=Ring(),
+                              run_dir=tmp_path / name)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    from pgt._logging import read_events
+
+    for name in ("a", "b"):
+        events = list(read_events(tmp_path / name / "events.jsonl"))
+        assert {e["run_id"] for e in events} == {name}
+        assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 61))
+        assert box[name].metrics["step"] == 60
