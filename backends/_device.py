@@ -13,8 +13,9 @@ only when its RESULT is accepted, so nothing is counted twice or lost. After
 ``quarantine_after`` faults in a row the device is quarantined (``health``): the
 run waits, probing every ``quarantine_s``, until a request succeeds again.
 
-A RESULT whose shape, resolution or scale is not what was configured never leaves
-this module: it is a device fault, logged and retried.
+A RESULT whose shape or resolution is not what was configured, or a reply of the
+wrong type, never leaves this module: it is a device fault, logged and retried (a
+RESULT with a scale that is not > 0 never leaves the codec).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import numpy as np
 import structlog
 import trio
 
-from pgt.backends._device_link import DeviceDataError, Handshake, Options, handshake
+from pgt.backends._device_link import DeviceDataError, Handshake, Options, control_timeout, handshake
 from pgt.backends._faults import link_seconds
 from pgt.backends._health import DeviceHealth
-from pgt.backends._messages import ErrorCode, Forward, Ping, Result, Safe
+from pgt.backends._messages import (ErrorCode, Forward, Message, Ping, Result, Safe,
+                                forward_payload_size, result_payload_size)
 from pgt.backends._protocol import ReservoirError, ReservoirInfo, check_inputs
 from pgt.backends._session import (DeviceMismatch, DeviceRefused, LinkLost, Session, open_session,
                                single_errors)
 from pgt.backends._transport import Connector
-from pgt.backends._wire import dequantize_features, quantize_inputs
+from pgt.backends._wire import dequantize_features, encoded_size, quantize_inputs
 
 __all__ = ["DeviceReservoir", "DeviceUnavailable", "open_device"]
 
@@ -145,7 +147,7 @@ class DeviceReservoir:
         raise AssertionError("unreachable")
 
     async def _verify(self, session: Session, *, reason: str = "connect") -> None:
-        hs = await handshake(session, self.options, self._control_timeout())
+        hs = await handshake(session, self.options, self._control_timeout)
         if self.first is None:
             self.first = hs
             return
@@ -155,13 +157,18 @@ class DeviceReservoir:
 
     def _fault(self, error: BaseException) -> None:
         self._failures += 1
-        self._log.warning("device_fault", error=f"{type(error).__name__}: {error}",
-                          failures=self._failures, where=self.where)
+        self._log_fault(error)
         quarantine = self._failures >= self.options.quarantine_after or isinstance(error, DeviceMismatch)
         if quarantine and not self.health.quarantined:
             self._log.error("device_quarantined", failures=self._failures, error=str(error),
                             where=self.where, probe_every_s=self.options.quarantine_s)
             self.health.quarantine(str(error))
+
+    def _log_fault(self, error: BaseException) -> None:
+        """One ``device_fault`` event; seq and trial_id name the request it ended, if any."""
+        self._log.warning("device_fault", error=f"{type(error).__name__}: {error}",
+                          failures=self._failures, where=self.where,
+                          seq=getattr(error, "seq", None), trial_id=getattr(error, "trial_id", None))
 
     def _succeeded(self) -> None:
         self._failures = 0
@@ -180,7 +187,7 @@ class DeviceReservoir:
             trial = self._current
             if trial.park:
                 self._current = None
-                await session.request(Safe(), timeout=self._control_timeout())
+                await session.request(Safe(), timeout=self._control_timeout(Safe()))
                 trial.done.set()
             elif not trial.abandoned:
                 features = await self._forward(session, trial)
@@ -191,7 +198,8 @@ class DeviceReservoir:
             self._succeeded()
 
     async def _ping(self, session: Session) -> None:
-        await session.request(Ping(random.getrandbits(32)), timeout=self._control_timeout())
+        ping = Ping(random.getrandbits(32))
+        await session.request(ping, timeout=self._control_timeout(ping))
         self._succeeded()
 
     async def _forward(self, session: Session, trial: _Trial) -> np.ndarray:
@@ -203,8 +211,7 @@ class DeviceReservoir:
             except DeviceRefused as exc:
                 if exc.code != ErrorCode.PARKED or trial.requests > 3:
                     raise
-                self._log.warning("device_fault", error=f"DeviceRefused: {exc}",
-                                  failures=self._failures, where=self.where)
+                self._log_fault(exc)
                 await self._verify(session, reason="parked")
 
     async def _exchange(self, session: Session, trial: _Trial) -> np.ndarray:
@@ -231,8 +238,6 @@ class DeviceReservoir:
             raise DeviceDataError(f"RESULT of shape {reply.codes.shape}, expected {want}")
         if reply.bits != self.options.bits:
             raise DeviceDataError(f"RESULT of {reply.bits}-bit codes, configured {self.options.bits}")
-        if not reply.scale > 0:
-            raise DeviceDataError(f"RESULT scale {reply.scale} is not > 0")
         return dequantize_features(reply.codes, reply.bits, reply.scale)
 
     def _accept(self, trial: _Trial) -> None:
@@ -243,16 +248,18 @@ class DeviceReservoir:
         trial.done.set()
 
     def _forward_timeout(self, batch: int) -> float:
+        """Deadline of one attempt of a FORWARD of ``batch`` samples (protocol §4):
+        max(50 ms, 3 (L(request + reply) + D)), D the measured device time of the batch."""
         if self.options.timeout_s:
             return self.options.timeout_s
-        n_in, n_out = self.info.n_inputs, self.info.n_features
-        wire = 20 + 2 * batch * n_in + 20 + (batch * n_out * self.options.bits + 7) // 8
+        wire = (encoded_size(forward_payload_size(batch, self.info.n_inputs))
+                + encoded_size(result_payload_size(batch, self.info.n_features, self.options.bits)))
         # Before the first measurement: a guess generous for a microcontroller (0.2 s + 10 ms a sample).
         device = 0.2 + 0.01 * batch if self._per_sample is None else self._per_sample * batch
-        return max(0.05, 3 * (link_seconds(wire * 1.01, self.options.baud) + device))
+        return max(0.05, 3 * (link_seconds(wire, self.options.baud) + device))
 
-    def _control_timeout(self) -> float:
-        return max(0.05, 3 * link_seconds(300, self.options.baud)) + 0.1
+    def _control_timeout(self, message: Message) -> float:
+        return control_timeout(message, self.options.baud)
 
     async def park(self, timeout: float = 1.0) -> None:
         """Ask the device to park the ring (zero drive); best effort, used when closing."""

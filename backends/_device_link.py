@@ -8,18 +8,28 @@ the first one: another firmware or other sizes is another device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgt.backends._messages import Configure, ConfigureAck, HelloReply, HelloRequest, ResetCause
-from pgt.backends._protocol import ReservoirError, ReservoirInfo
-from pgt.backends._session import DeviceMismatch, DeviceRefused, Session
-from pgt.backends._wire import batch_limit
+from pgt.backends._faults import link_seconds
+from pgt.backends._messages import (ERROR_TEXT_MAX, Configure, ConfigureAck, HelloReply, HelloRequest,
+                                Message, ResetCause)
+from pgt.backends._protocol import ReservoirInfo
+from pgt.backends._session import DeviceDataError, DeviceMismatch, DeviceRefused, Session
+from pgt.backends._wire import batch_limit, encoded_size, forward_batch_limit
 
-__all__ = ["DeviceDataError", "Handshake", "Options", "handshake"]
+__all__ = ["DeviceDataError", "Handshake", "Options", "control_timeout", "handshake"]
+
+# The longest reply a control request can get that is longer than the request: an
+# ERROR with 128 bytes of text (a HELLO_REPLY is at most 88 bytes on the wire).
+_LONGEST_ERROR = encoded_size(1 + ERROR_TEXT_MAX)
 
 
-class DeviceDataError(ReservoirError):
-    """A reply that parses but is not what was asked for (shape, resolution, scale)."""
+def control_timeout(message: Message, baud: float) -> float:
+    """Deadline of one attempt of HELLO, CONFIGURE, PING or SAFE (protocol §4):
+    max(50 ms, 3 L(q + max(q, 143))) + 100 ms for a request of q bytes on the wire."""
+    request = encoded_size(len(message.to_payload()))
+    return max(0.05, 3 * link_seconds(request + max(request, _LONGEST_ERROR), baud)) + 0.1
 
 
 @dataclass(frozen=True)
@@ -78,14 +88,19 @@ def _sampling(hello: HelloReply, options: Options) -> Configure:
     return Configure(tuple(steps), tuple(nodes), options.bits, options.settle)
 
 
-async def handshake(session: Session, options: Options, timeout: float) -> Handshake:
-    """HELLO then CONFIGURE; raises DeviceMismatch when the device cannot serve us."""
+async def handshake(session: Session, options: Options,
+                    timeout: Callable[[Message], float] | None = None) -> Handshake:
+    """HELLO then CONFIGURE; raises DeviceMismatch when the device cannot serve us.
+
+    ``timeout(request)`` is the deadline of each attempt (default: control_timeout).
+    """
+    timeout = timeout or (lambda message: control_timeout(message, options.baud))
     try:
-        hello = await session.request(HelloRequest(), timeout=timeout)
-        if not isinstance(hello, HelloReply):
-            raise DeviceMismatch(f"HELLO answered by {type(hello).__name__}")
+        hello = await session.request(HelloRequest(), timeout=timeout(HelloRequest()))
+        if forward_batch_limit(hello.n_inputs) < 1:
+            raise DeviceMismatch(f"a FORWARD cannot carry one sample of {hello.n_inputs} inputs")
         request = _sampling(hello, options)
-        ack = await session.request(request, timeout=timeout)
+        ack = await session.request(request, timeout=timeout(request))
     except DeviceRefused as exc:   # the device cannot serve this host or configuration
         raise DeviceMismatch(str(exc)) from None
     if ack != request.ack():

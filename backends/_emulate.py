@@ -2,16 +2,20 @@
 
 Each server owns its tasks (``nursery.start`` reports the address once listening)
 and survives its host: a host that closes the link and opens it again finds the
-same device. The ``unplug_at`` fault pulls the cable: the link is closed, the device
-powers off (its next HELLO reports ``power_on``) and for ``unplug_s`` seconds there
-is nothing to connect to; then the pty or the socket is back (a pty gets a new
-/dev/pts number, so ``link`` keeps a stable symlink to the current one).
+same device, its configuration, parked state and replay cache as they were. TCP
+serves one connection at a time; one that arrives meanwhile waits in the listen
+backlog until the current one closes (docs/protocol.md §5). The ``unplug_at`` fault
+pulls the cable: the link is closed, the device powers off (its next HELLO reports
+``power_on``) and for ``unplug_s`` seconds there is nothing to connect to; then the
+pty or the socket is back (a pty gets a new /dev/pts number, so ``link`` keeps a
+stable symlink to the current one).
 """
 
 from __future__ import annotations
 
 import os
 import tty
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -20,10 +24,11 @@ import trio
 import trio.testing
 
 from pgt.backends._emulator import EmulatedDevice, EmulatorConfig, Unplugged
+from pgt.backends._faults import FAULT_KINDS
 from pgt.backends._messages import ResetCause
 from pgt.backends._transport import FdStream
 
-__all__ = ["MemoryLink", "emulate", "serve_pty", "serve_tcp"]
+__all__ = ["MemoryLink", "emulate", "fault_summary", "serve_pty", "serve_tcp"]
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -126,20 +131,32 @@ class MemoryLink:
             self._unplugged = False
 
 
+def fault_summary(counts: Counter) -> str:
+    """One line: how many faults of each kind were injected."""
+    kinds = ", ".join(f"{counts[k]} {k}" for k in FAULT_KINDS if counts[k])
+    return f"injected faults: {kinds or 'none'}"
+
+
 async def emulate(config: EmulatorConfig, *, tcp_port: int | None = None, host: str = "127.0.0.1",
                   link: str | None = None, announce: Callable[[str], None] = print) -> None:
     """Run an emulated microcontroller on a pty (default) or TCP until cancelled.
 
-    ``announce`` gets one line naming the URL a host opens (and later pty paths).
+    ``announce`` gets one line naming the URL a host opens (and later pty paths),
+    one line per fault injected (``injected reset on FORWARD seq 812 trial 40: watchdog``)
+    and, when faults are configured, their ``fault_summary`` when it stops.
     """
-    device = EmulatedDevice(config)
+    device = EmulatedDevice(config, on_fault=lambda fault: announce(str(fault)))
     baud = f"?baud={config.baud:.0f}" if config.baud else ""
-    async with trio.open_nursery() as nursery:
-        if tcp_port is None:
-            path = await nursery.start(partial(serve_pty, device, link=link,
-                                               announce=lambda p: announce(f"replugged: serial://{p}")))
-            announce(f"emulating {config.firmware_id} on serial://{path}{baud}"
-                     + (f" (stable link: serial://{link}{baud})" if link else ""))
-        else:
-            where = await nursery.start(partial(serve_tcp, device, tcp_port, host=host))
-            announce(f"emulating {config.firmware_id} on socket://{where[0]}:{where[1]}{baud}")
+    try:
+        async with trio.open_nursery() as nursery:
+            if tcp_port is None:
+                path = await nursery.start(partial(serve_pty, device, link=link,
+                                                   announce=lambda p: announce(f"replugged: serial://{p}")))
+                announce(f"emulating {config.firmware_id} on serial://{path}{baud}"
+                         + (f" (stable link: serial://{link}{baud})" if link else ""))
+            else:
+                where = await nursery.start(partial(serve_tcp, device, tcp_port, host=host))
+                announce(f"emulating {config.firmware_id} on socket://{where[0]}:{where[1]}{baud}")
+    finally:
+        if config.faults.active:
+            announce(fault_summary(device.fault_counts))

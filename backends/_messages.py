@@ -20,6 +20,8 @@ ERROR_TEXT_MAX = 128      # bytes of UTF-8 in an ERROR reply
 INPUT_CODE_MAX = 32767    # inputs in [-1, 1] travel as codes in [-32767, 32767]
 FEATURE_BITS = (8, 12, 16)
 _U16 = 0xFFFF
+FORWARD_HEAD = 4          # bytes of a FORWARD payload before its codes: B, n
+RESULT_HEAD = 9           # bytes of a RESULT payload before its codes: B, F, scale, bits
 
 
 class MsgType(enum.IntEnum):
@@ -54,11 +56,34 @@ class ErrorCode(enum.IntEnum):
     BAD_VERSION = 1       # the request's protocol version is not the device's
     UNKNOWN_TYPE = 2      # the request's message type is not defined
     BAD_PAYLOAD = 3       # the request's payload breaks its layout
-    BAD_CONFIG = 4        # CONFIGURE names steps/nodes the ring lacks, or bad bits
+    BAD_CONFIG = 4        # CONFIGURE: bad bits, steps/nodes the ring lacks, or too big a RESULT
     BATCH_TOO_LARGE = 5   # FORWARD batch above the HELLO reply's max_batch
     SHAPE_MISMATCH = 6    # FORWARD n_inputs differs from the device's
     PARKED = 7            # FORWARD after SAFE, a reset or a fault, before a CONFIGURE
     HARDWARE_FAULT = 8    # the ring, DAC or ADC failed; the ring is parked
+
+
+REQUEST_TYPES = frozenset({MsgType.HELLO, MsgType.CONFIGURE, MsgType.FORWARD, MsgType.PING,
+                           MsgType.SAFE})   # all a device serves; anything else: UNKNOWN_TYPE
+
+
+class BadConfig(ValueError):
+    """A CONFIGURE value that fits the payload's table but no ring serves (bits not 8, 12, 16).
+
+    A device answers it with ``code`` (BAD_CONFIG), not BAD_PAYLOAD (docs/protocol.md §3.2).
+    """
+
+    code = ErrorCode.BAD_CONFIG
+
+
+def forward_payload_size(batch: int, n_inputs: int) -> int:
+    """Bytes of the payload of a FORWARD of ``batch`` samples of ``n_inputs`` codes."""
+    return FORWARD_HEAD + 2 * batch * n_inputs
+
+
+def result_payload_size(batch: int, n_features: int, bits: int) -> int:
+    """Bytes of the payload of a RESULT of ``batch`` samples of ``n_features`` codes."""
+    return RESULT_HEAD + (batch * n_features * bits + 7) // 8
 
 
 def _check(name: str, value: int, lo: int, hi: int) -> None:
@@ -245,8 +270,8 @@ class _Sampling(_Message):
             _check(f"{name} index", indices[0], 0, _INDEX_MAX)
             _check(f"{name} index", indices[-1], 0, _INDEX_MAX)
             object.__setattr__(self, name, indices)
-        if self.bits not in FEATURE_BITS:
-            raise ValueError(f"bits {self.bits} not one of {FEATURE_BITS}")
+        if self.bits not in FEATURE_BITS:   # after the masks: the order of §3.2
+            raise BadConfig(f"bits {self.bits} not one of {FEATURE_BITS}")
         _check("settle", self.settle, 0, _U16)
 
     @property
@@ -363,15 +388,15 @@ class Result(_Message):
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     codes: np.ndarray   # uint16 (B, n_features), each in [0, 2**bits - 1]
     bits: int           # 8, 12 or 16, as configured
-    scale: float        # the feature value of the full-scale code; stored as float32
+    scale: float        # the feature value of the full-scale code, > 0; stored as float32
 
     def __post_init__(self) -> None:
         if self.bits not in FEATURE_BITS:
             raise ValueError(f"bits {self.bits} not one of {FEATURE_BITS}")
         with np.errstate(over="ignore"):   # too large for float32 becomes inf: refused
             scale = np.float32(self.scale)
-        if not (np.isfinite(scale) and scale >= 0):
-            raise ValueError(f"scale {self.scale} is not a finite float32 >= 0")
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale {self.scale} is not a finite float32 > 0")
         object.__setattr__(self, "scale", float(scale))
         object.__setattr__(self, "codes", _as_codes(self.codes, 0, (1 << self.bits) - 1, "<u2"))
 

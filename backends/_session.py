@@ -6,9 +6,11 @@ sequence number to the request waiting for it. ``Session.request`` sends a reque
 and waits for its reply under a per-attempt deadline; on a timeout, or on a garbled
 frame while it waits, it resends the identical bytes (same seq), so the device
 replays its cached reply instead of driving the ring twice (docs/protocol.md §4).
-Replies with another seq are stale and dropped. Faults are named exceptions:
-LinkLost (the link broke or the retries ran out), DeviceRefused (an ERROR reply),
-DeviceMismatch (a frame of another protocol version).
+Replies with another seq or trial id are stale and dropped, and so are copies of
+a reply that arrive after the first. Faults are named exceptions: LinkLost (the
+link broke or the retries ran out), DeviceRefused (an ERROR reply),
+DeviceDataError (a reply of the wrong type), DeviceMismatch (a frame of another
+protocol version); each names the request it ended in ``seq`` and ``trial_id``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from pgt.backends._messages import ErrorCode, ErrorReply, Message, MsgType
 from pgt.backends._protocol import ReservoirError
 from pgt.backends._wire import Frame, FrameDecoder, ProtocolError, VersionError, encode_frame
 
-__all__ = ["DeviceMismatch", "DeviceRefused", "LinkLost", "Session", "open_session",
-           "single_errors"]
+__all__ = ["DeviceDataError", "DeviceMismatch", "DeviceRefused", "LinkLost", "Session",
+           "open_session", "single_errors"]
+
+
+class DeviceDataError(ReservoirError):
+    """A reply that parses but is not what was asked for (type, shape, resolution)."""
 
 
 class LinkLost(ReservoirError):
@@ -83,13 +89,14 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = exc
             if self._waiter is not None:
-                self._waiter.send.send_nowait(None)   # wake the request: link lost
+                _put(self._waiter, None)   # wake the request: link lost (else its deadline will)
 
     def _route(self, item: Frame | ProtocolError) -> None:
         waiter = self._waiter
         if isinstance(item, ProtocolError):
             self.garbled += 1
-            self._log.debug("device_garbled_frame", error=str(item))
+            seq, trial_id = (None, None) if waiter is None else (waiter.seq, waiter.trial_id)
+            self._log.debug("device_garbled_frame", error=str(item), seq=seq, trial_id=trial_id)
             # A frame of another version is no transient fault; anything else is
             # noise that the resend recovers without waiting for the deadline.
             if waiter is not None:
@@ -114,7 +121,8 @@ class Session:
 
         Each attempt waits ``timeout`` seconds; a retry resends the same bytes. Raises
         LinkLost (link broken, or no valid reply after the retries), DeviceRefused,
-        DeviceMismatch (reply of another protocol version).
+        DeviceDataError (a reply of another type), DeviceMismatch (reply of another
+        protocol version); the error's ``seq`` and ``trial_id`` name this request.
         """
         async with self._request_lock:
             self._seq = (self._seq + 1) & 0xFFFF
@@ -123,14 +131,30 @@ class Session:
             self._waiter = waiter
             try:
                 return await self._attempts(message, frame, waiter, timeout)
+            except ReservoirError as exc:
+                exc.seq, exc.trial_id = waiter.seq, trial_id   # logged with the device fault
+                raise
             finally:
                 self._waiter = None
+                self._drop_copies(waiter)
+
+    def _drop_copies(self, waiter: _Waiter) -> None:
+        """Frames still queued for a finished request are further copies: stale, logged."""
+        while True:
+            try:
+                item = waiter.receive.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if isinstance(item, Frame):
+                self.stale += 1
+                self._log.debug("device_stale_reply", seq=item.seq, trial_id=item.trial_id)
 
     async def _attempts(self, message: Message, frame: bytes, waiter: _Waiter,
                         timeout: float) -> Message:
         # A timeout may mean a dead device: at most ``retries`` resends. A garbled
         # reply proves the device alive, so it earns a few more before we give up.
         timeouts = garbles = 0
+        reason = "timeout"
         while timeouts <= self._retries and garbles <= 3 * self._retries:
             if timeouts or garbles:
                 self._log.info("device_retry", request=message.TYPE.name, seq=waiter.seq,
@@ -173,7 +197,7 @@ class Session:
         await self._write(data)
 
 
-def _put(waiter: _Waiter, item: Frame | ProtocolError) -> None:
+def _put(waiter: _Waiter, item: Frame | ProtocolError | None) -> None:
     try:
         waiter.send.send_nowait(item)
     except trio.WouldBlock:
@@ -181,10 +205,16 @@ def _put(waiter: _Waiter, item: Frame | ProtocolError) -> None:
 
 
 def _accept(message: Message, reply_type: MsgType) -> Message:
+    """The reply to a request (seq and trial id matched); ERROR and other types raise.
+
+    A reply of another type is a device fault (protocol §4): resending would only
+    replay it, so the caller reopens the link and sends the request anew.
+    """
     if isinstance(message, ErrorReply):
         raise DeviceRefused(message.code, message.text)
     if message.TYPE != reply_type:
-        raise DeviceMismatch(f"device answered with {message.TYPE.name}, expected {reply_type.name}")
+        raise DeviceDataError(f"device answered {MsgType(reply_type & 0x7F).name} with "
+                              f"{message.TYPE.name}, expected {reply_type.name}")
     return message
 
 

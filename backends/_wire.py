@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from cobs import cobs
 
-from ._messages import INPUT_CODE_MAX, MESSAGE_CLASSES, Message, MsgType
+from ._messages import FORWARD_HEAD, INPUT_CODE_MAX, MESSAGE_CLASSES, ErrorCode, Message, MsgType
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHIH")   # version, type, seq, trial id, payload length
@@ -32,14 +32,17 @@ DELIMITER = b"\x00"
 class ProtocolError(Exception):
     """Bytes from the peer that do not form a valid frame or message.
 
-    ``seq`` and ``trial_id`` are the offending frame's when its header passed the CRC
-    (so a device can answer with an ERROR to the right request), else None.
+    ``seq`` and ``trial_id`` are the offending frame's (bytes 2-7) when it passed the
+    CRC, so a device can answer with an ERROR to the right request, else None.
+    ``msg_type`` is its type byte once its version is 1, else None.
     """
 
-    def __init__(self, message: str, *, seq: int | None = None, trial_id: int | None = None):
+    def __init__(self, message: str, *, seq: int | None = None, trial_id: int | None = None,
+                 msg_type: int | None = None):
         super().__init__(message)
         self.seq = seq
         self.trial_id = trial_id
+        self.msg_type = msg_type
 
 
 class FrameError(ProtocolError):
@@ -59,7 +62,15 @@ class UnknownMessageError(ProtocolError):
 
 
 class PayloadError(ProtocolError):
-    """A known message type whose payload breaks its layout or value ranges."""
+    """A known message type whose payload breaks its layout or value ranges.
+
+    ``code`` is the ERROR a device answers it with: BAD_PAYLOAD, or BAD_CONFIG for a
+    CONFIGURE whose bits are not 8, 12 or 16 (docs/protocol.md §3.2).
+    """
+
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.BAD_PAYLOAD, **header):
+        super().__init__(message, **header)
+        self.code = code
 
 
 def crc16(data: bytes) -> int:
@@ -96,7 +107,7 @@ def decode_frame(data: bytes) -> Frame:
     Checks run in wire order and raise the first fault found: FrameError (bad COBS,
     too short or too long), CrcError, VersionError (the version byte
     and the trailing CRC are the only layout every version keeps), FrameError (length
-    field), UnknownMessageError, PayloadError. The last three carry the frame's seq
+    field), UnknownMessageError, PayloadError. The last four carry the frame's seq
     and trial_id, so a device can answer them with an ERROR.
     """
     data = bytes(data).removesuffix(DELIMITER)
@@ -112,25 +123,49 @@ def decode_frame(data: bytes) -> Frame:
     if crc16(body) != crc:
         raise CrcError(f"CRC mismatch: frame carries 0x{crc:04x}, bytes give 0x{crc16(body):04x}")
     version, msg_type, seq, trial_id, length = HEADER.unpack_from(body)
-    if version != PROTOCOL_VERSION:
-        raise VersionError(f"frame has protocol version {version}, this codec speaks {PROTOCOL_VERSION}")
+    if version != PROTOCOL_VERSION:   # bytes 2-7 are still copied into the BAD_VERSION reply
+        raise VersionError(f"frame has protocol version {version}, this codec speaks {PROTOCOL_VERSION}",
+                           seq=seq, trial_id=trial_id)
+    header = {"seq": seq, "trial_id": trial_id, "msg_type": msg_type}
     payload = body[HEADER.size:]
     if length != len(payload):
         raise FrameError(f"length field says {length} payload bytes, frame carries {len(payload)}",
-                         seq=seq, trial_id=trial_id)
-    return Frame(seq, trial_id, _decode_message(msg_type, payload, seq, trial_id))
+                         **header)
+    return Frame(seq, trial_id, _decode_message(msg_type, payload, header))
 
 
-def _decode_message(msg_type: int, payload: bytes, seq: int, trial_id: int) -> Message:
+def _decode_message(msg_type: int, payload: bytes, header: dict) -> Message:
     try:
         cls = MESSAGE_CLASSES[MsgType(msg_type)]
     except ValueError:
-        raise UnknownMessageError(f"unknown message type 0x{msg_type:02x}",
-                                  seq=seq, trial_id=trial_id) from None
+        raise UnknownMessageError(f"unknown message type 0x{msg_type:02x}", **header) from None
     try:
         return cls.from_payload(payload)
     except (ValueError, struct.error) as exc:
-        raise PayloadError(f"{cls.TYPE.name} payload: {exc}", seq=seq, trial_id=trial_id) from None
+        code = getattr(exc, "code", ErrorCode.BAD_PAYLOAD)
+        raise PayloadError(f"{cls.TYPE.name} payload: {exc}", code=code, **header) from None
+
+
+def replay_key(data: bytes) -> bytes | None:
+    """The replay-cache key of one encoded frame (protocol §4): its type, seq, trial_id
+    and CRC, as bytes; None when the frame fails checks 1-3 of §1.2 (never answered)."""
+    data = bytes(data).removesuffix(DELIMITER)
+    if len(data) > MAX_ENCODED_FRAME:
+        return None
+    try:
+        raw = cobs.decode(data)
+    except cobs.DecodeError:
+        return None
+    if len(raw) < MIN_FRAME or crc16(raw[:-CRC_SIZE]) != int.from_bytes(raw[-CRC_SIZE:], "little"):
+        return None
+    return raw[1:8] + raw[-CRC_SIZE:]
+
+
+def encoded_size(payload_size: int) -> int:
+    """The most bytes a frame with ``payload_size`` payload bytes takes on the wire
+    (COBS worst case and the delimiter): the E(P) of protocol §4."""
+    raw = MIN_FRAME + payload_size
+    return raw + raw // 254 + 1 + len(DELIMITER)
 
 
 def batch_limit(n_inputs: int, n_features: int, bits: int) -> int:
@@ -138,9 +173,15 @@ def batch_limit(n_inputs: int, n_features: int, bits: int) -> int:
 
     The device's own limit (HELLO reply ``max_batch``) applies on top of this one.
     """
-    by_forward = (MAX_PAYLOAD - 4) // (2 * n_inputs)
-    by_result = (MAX_PAYLOAD - 9) * 8 // (n_features * bits)
-    return min(by_forward, by_result, 0xFFFF)
+    return min(forward_batch_limit(n_inputs), (MAX_PAYLOAD - 9) * 8 // (n_features * bits), 0xFFFF)
+
+
+def forward_batch_limit(n_inputs: int) -> int:
+    """The most samples of ``n_inputs`` codes one FORWARD payload can carry (0 if none).
+
+    A device announces a max_batch no larger (protocol §3.1).
+    """
+    return min((MAX_PAYLOAD - FORWARD_HEAD) // (2 * n_inputs), 0xFFFF)
 
 
 class FrameDecoder:
@@ -160,20 +201,24 @@ class FrameDecoder:
         self._overflowed = False   # dropping bytes until the next delimiter
 
     def feed(self, data: bytes) -> list[Frame | ProtocolError]:
+        return [self._decode(item) if isinstance(item, bytes) else item for item in self.split(data)]
+
+    def split(self, data: bytes) -> list[bytes | FrameError]:
+        """As ``feed``, but each complete frame still COBS-encoded (without its 0x00)."""
         data = bytes(data)
-        found: list[Frame | ProtocolError] = []
+        found: list[bytes | FrameError] = []
         start = 0
         while (end := data.find(DELIMITER, start)) >= 0:
             self._append(data[start:end], found)
             if self._buffer:
-                found.append(self._decode(bytes(self._buffer)))
+                found.append(bytes(self._buffer))
             self._buffer.clear()
             self._overflowed = False
             start = end + 1
         self._append(data[start:], found)
         return found
 
-    def _append(self, chunk: bytes, found: list[Frame | ProtocolError]) -> None:
+    def _append(self, chunk: bytes, found: list) -> None:
         if self._overflowed:
             return
         if len(self._buffer) + len(chunk) > self._max_frame:

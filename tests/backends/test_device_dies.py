@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from pgt._checkpoint import latest_checkpoint
 from pgt._logging import read_events

@@ -170,6 +170,7 @@ def test_errors_after_the_crc_name_the_request_they_belong_to():
     lambda: Forward(np.zeros(3, np.int16)),
     lambda: Result(np.array([[256]]), bits=8, scale=1.0),
     lambda: Result(np.array([[1]]), bits=8, scale=-1.0),
+    lambda: Result(np.array([[1]]), bits=8, scale=0.0),
     lambda: Result(np.array([[1]]), bits=8, scale=1e39),
     lambda: quantize_features(np.array([1.0]), 8, 1e39),
     lambda: quantize_features(np.array([1.0]), 8, 0.0),
@@ -302,7 +303,7 @@ code_shape = hnp.array_shapes(min_dims=2, max_dims=2, max_side=5)
 def results(draw):
     bits = draw(st.sampled_from([8, 12, 16]))
     codes = draw(hnp.arrays(np.uint16, code_shape, elements=st.integers(0, 2**bits - 1)))
-    scale = draw(st.floats(0, 1e6, width=32))
+    scale = draw(st.floats(0, 1e6, width=32, exclude_min=True))   # §3.4: scale > 0
     return Result(codes, bits, scale)
 
 

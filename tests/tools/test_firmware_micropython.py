@@ -18,6 +18,8 @@ import pytest
 
 from pgt.backends._messages import Configure, Forward
 from pgt.backends._wire import encode_frame
+from tests.backends.test_protocol_agreement import (CONFIGURE_CASES, FORWARD_CASES, NOT_REQUESTS,
+                                                   REFUSALS, frame)
 from tests.backends.test_wire import GOLDEN
 from tests.tools.test_firmware_core import FIRMWARE, codes, make, session_stream
 
@@ -77,6 +79,11 @@ def test_the_core_answers_under_micropython_as_under_cpython(tmp_path):
         "session": session_stream(),
         "golden": b"".join(bytes.fromhex(wire) for _, wire in GOLDEN),
         "batch": config + forward + forward,
+        # the refusals of docs/protocol.md §1.2, §3.2, §3.3, each followed by a retry
+        "refusals": b"".join(2 * wire for wire in (
+            [frame(t, p) for t, p in NOT_REQUESTS] + list(REFUSALS.values())
+            + [frame(0x03, p) for p, _, _ in FORWARD_CASES.values()] + [config]
+            + [frame(0x02, p) for p, _ in CONFIGURE_CASES.values()])),
     }
     cases = []
     for name, stream in streams.items():

@@ -193,21 +193,31 @@ class Core:
     """The protocol state machine of one device: parked after reset until CONFIGURE.
 
     ``scale`` is the feature value of ADC full scale (``adc_full`` counts), sent in
-    every RESULT. ``max_result`` caps a RESULT payload below 65535 bytes where RAM is
-    short: a CONFIGURE whose RESULT at ``max_batch`` would exceed it is BAD_CONFIG.
+    every RESULT: a finite float32 > 0 (§3.4). ``max_result`` caps a RESULT payload
+    below 65535 bytes where RAM is short: a CONFIGURE whose RESULT at ``max_batch``
+    would exceed it is BAD_CONFIG. ``max_batch`` must let a FORWARD of that many
+    samples fit its payload (§3.1). Raises ValueError for sizes or a scale outside these.
     """
 
     def __init__(self, hw, n_inputs, n_nodes, max_batch, firmware_id,
                  scale=3.3, adc_full=4095, dac_bits=12, max_result=MAX_PAYLOAD):
         if not (1 <= n_inputs <= 0xFFFF and 1 <= n_nodes <= 0xFFFF):
             raise ValueError("n_inputs and n_nodes must be in 1..65535")
-        if not 1 <= max_batch <= (MAX_PAYLOAD - 4) // (2 * n_inputs):
-            raise ValueError("max_batch must be >= 1 and fit a FORWARD payload")
+        limit = (MAX_PAYLOAD - 4) // (2 * n_inputs)
+        if not 1 <= max_batch <= limit:   # HELLO never announces a batch a FORWARD cannot carry
+            raise ValueError("max_batch %d with %d inputs: a FORWARD carries 1 to %d samples"
+                             % (max_batch, n_inputs, limit))
         self.hw = hw
         self.n_inputs, self.n_nodes, self.max_batch = n_inputs, n_nodes, max_batch
         self.firmware_id = firmware_id.encode()
         if len(self.firmware_id) > FIRMWARE_ID_MAX:
             raise ValueError("firmware_id longer than 64 bytes of UTF-8")
+        try:
+            sent = struct.unpack("<f", struct.pack("<f", scale))[0]   # as the RESULT carries it
+        except OverflowError:
+            sent = float("inf")
+        if not 0 < sent < float("inf"):
+            raise ValueError("scale must be a finite float32 > 0")
         self.scale, self.adc_full, self.dac_bits = scale, adc_full, dac_bits
         self.max_result = min(max_result, MAX_PAYLOAD)
         self.zero = dac_code(0, dac_bits)
