@@ -414,3 +414,24 @@ def test_the_status_line_fits_a_narrow_terminal(monkeypatch):
     progress.step({"step": 5, "loss": 1.2345, "ring_evals": 123456})
     drawn = status.getvalue().split("\x1b[K")[-1]
     assert 0 < len(drawn) < 30 and drawn.endswith("…")
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_start_up_is_one_line_and_no_traceback(tmp_path, signum):
+    import signal
+
+    outcomes = []
+    for delay in (0.2, 0.4, 0.7, 1.0):
+        with subprocess.Popen(_pgt("train", "--backend", "sim://ring?nodes=8", "--run-dir",
+                                   str(tmp_path / f"{signum}-{delay}"), "--quiet"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            time.sleep(delay)
+            proc.send_signal(getattr(signal, signum))
+            out, err = proc.communicate(timeout=120)
+        outcomes.append((delay, proc.returncode, err.strip()))
+        assert "Traceback" not in err, (delay, err)
+        lines = err.strip().splitlines()
+        # Before the process handles signals at all it just ends; after, one line.
+        assert len(lines) <= 1 and all(line.startswith("pgt: ") for line in lines), outcomes
+        assert proc.returncode != 0 or "stopped at step" in out
+    assert any(err for _, _, err in outcomes) or any(code == 0 for _, code, _ in outcomes)
