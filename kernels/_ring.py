@@ -81,16 +81,18 @@ class RingParams:
         return float(self.gain * (1.0 + self.drift * np.sin(2.0 * np.pi * tick / self.drift_period)))
 
 
-def _fir(params: RingParams, a):
+def _fir(tap: float, a):
     xp = array_module(a)
-    t = params.tap
-    return t * xp.roll(a, 1, axis=-1) + (1.0 - 2.0 * t) * a + t * xp.roll(a, -1, axis=-1)
+    return tap * xp.roll(a, 1, axis=-1) + (1.0 - 2.0 * tap) * a + tap * xp.roll(a, -1, axis=-1)
 
 
-def _fir_transpose(params: RingParams, g):
+def _fir_transpose(tap: float, g):
     xp = array_module(g)
-    t = params.tap
-    return t * xp.roll(g, -1, axis=-1) + (1.0 - 2.0 * t) * g + t * xp.roll(g, 1, axis=-1)
+    return tap * xp.roll(g, -1, axis=-1) + (1.0 - 2.0 * tap) * g + tap * xp.roll(g, 1, axis=-1)
+
+
+# The scalars of the round-trip map, in the order ``ring_map`` and its backward use.
+MAP_SCALARS = ("gain", "kappa", "inject", "bias", "p_sat", "nu", "tap")
 
 
 def detector_noise(seed: int, tick: int, shape, *, xp=np, dtype=np.float64):
@@ -110,32 +112,46 @@ def ring_forward(params: RingParams, u, *, tick: int = 0, seed: int | None = Non
     when ``params.noise`` > 0; see ``detector_noise``). Computes in ``u.dtype``.
     """
     xp = array_module(u)
-    batch, steps = u.shape
-    mask = params.mask(xp, u.dtype)
-    g0 = params.gain_at(tick)
-    ax = xp.zeros((batch, params.nodes), dtype=u.dtype)
-    ay = xp.zeros_like(ax)
-    feats = xp.empty((batch, steps, params.nodes), dtype=u.dtype)
-    cache = []
-    for n in range(steps):
-        mu = u[:, n : n + 1] * mask
-        cx, cy = _fir(params, ax), _fir(params, ay)
-        power = cx * cx + cy * cy
-        sat = 1.0 / (1.0 + power / params.p_sat)
-        phase = params.nu * power
-        co, si = xp.cos(phase), xp.sin(phase)
-        drive = g0 * (1.0 + params.kappa * mu)
-        rx, ry = cx * co - cy * si, cx * si + cy * co
-        ax = drive * sat * rx + params.inject * mu + params.bias
-        ay = drive * sat * ry
-        feats[:, n, :] = ax * ax + ay * ay
-        if keep_cache:
-            cache.append((cx, cy, sat, co, si, drive, rx, ry, ax, ay))
+    scalars = {name: getattr(params, name) for name in MAP_SCALARS}
+    scalars["gain"] = params.gain_at(tick)
+    out = ring_map(u, params.mask(xp, u.dtype), keep_cache=keep_cache, **scalars)
+    feats = out[0] if keep_cache else out
     if params.noise > 0.0:
         if seed is None:
             raise ValueError("ring: noise > 0 needs a seed")
         feats *= 1.0 + params.noise * detector_noise(seed, tick, feats.shape, xp=xp, dtype=feats.dtype)
-    return (feats, (g0, mask, cache)) if keep_cache else feats
+    return out
+
+
+def ring_map(u, mask, *, gain, kappa, inject, bias, p_sat, nu, tap, keep_cache=False):
+    """The noise-free round-trip map with every physical quantity explicit: the mask
+    (N,) and the scalars of ``MAP_SCALARS``. Returns features (B, T, N) and, with
+    ``keep_cache``, what ``ring_map_backward`` and ``ring_backward`` need."""
+    xp = array_module(u)
+    batch, steps = u.shape
+    nodes = mask.shape[0]
+    g0 = gain
+    ax = xp.zeros((batch, nodes), dtype=u.dtype)
+    ay = xp.zeros_like(ax)
+    feats = xp.empty((batch, steps, nodes), dtype=u.dtype)
+    cache = []
+    for n in range(steps):
+        mu = u[:, n : n + 1] * mask
+        cx, cy = _fir(tap, ax), _fir(tap, ay)
+        power = cx * cx + cy * cy
+        sat = 1.0 / (1.0 + power / p_sat)
+        phase = nu * power
+        co, si = xp.cos(phase), xp.sin(phase)
+        drive = g0 * (1.0 + kappa * mu)
+        rx, ry = cx * co - cy * si, cx * si + cy * co
+        ax = drive * sat * rx + inject * mu + bias
+        ay = drive * sat * ry
+        feats[:, n, :] = ax * ax + ay * ay
+        if keep_cache:
+            cache.append((cx, cy, sat, co, si, drive, rx, ry, ax, ay))
+    scalars = {"gain": gain, "kappa": kappa, "inject": inject, "bias": bias, "p_sat": p_sat,
+               "nu": nu, "tap": tap}
+    return (feats, (g0, mask, cache, u, scalars)) if keep_cache else feats
 
 
 def ring_backward(params: RingParams, cache, grad_feats):
@@ -144,12 +160,24 @@ def ring_backward(params: RingParams, cache, grad_feats):
     ``cache`` comes from ``ring_forward(..., keep_cache=True)`` run without noise
     (the backward of the noise-free map; used by the ``backprop`` reference).
     """
+    return ring_map_backward(cache, grad_feats)[0]
+
+
+def ring_map_backward(cache, grad_feats, *, wrt_params: bool = False):
+    """Gradients of an objective, given d(objective)/d(features) (B, T, N), w.r.t. the
+    inputs u (B, T) and, with ``wrt_params``, the physical quantities: a dict of the
+    ``MAP_SCALARS`` and ``mask`` (N,). ``cache`` is ``ring_map``'s. Returns
+    (grad_u, grads or None); grad_u has the same bits either way."""
     xp = array_module(grad_feats)
-    g0, mask, steps = cache
+    g0, mask, steps, u, s = cache
+    kappa, inject, p_sat, nu, tap = s["kappa"], s["inject"], s["p_sat"], s["nu"], s["tap"]
     batch, n_steps, _ = grad_feats.shape
     grad_u = xp.empty((batch, n_steps), dtype=grad_feats.dtype)
-    gax = xp.zeros((batch, params.nodes), dtype=grad_feats.dtype)
+    gax = xp.zeros((batch, mask.shape[0]), dtype=grad_feats.dtype)
     gay = xp.zeros_like(gax)
+    grads = {name: 0.0 for name in MAP_SCALARS} if wrt_params else None
+    if wrt_params:
+        grads["mask"] = xp.zeros_like(mask)
     for n in range(n_steps - 1, -1, -1):
         cx, cy, sat, co, si, drive, rx, ry, ax, ay = steps[n]
         gax = gax + 2.0 * ax * grad_feats[:, n, :]
@@ -157,12 +185,37 @@ def ring_backward(params: RingParams, cache, grad_feats):
         g_drive = sat * (gax * rx + gay * ry)
         g_sat = drive * (gax * rx + gay * ry)
         g_rx, g_ry = gax * drive * sat, gay * drive * sat
-        g_mu = g_drive * g0 * params.kappa + gax * params.inject
+        g_mu = g_drive * g0 * kappa + gax * inject
         grad_u[:, n] = (g_mu * mask).sum(axis=1)
         g_cx = g_rx * co + g_ry * si
         g_cy = -g_rx * si + g_ry * co
-        g_power = (g_ry * rx - g_rx * ry) * params.nu - g_sat * sat * sat / params.p_sat
+        g_phase = g_ry * rx - g_rx * ry
+        g_power = g_phase * nu - g_sat * sat * sat / p_sat
         g_cx = g_cx + 2.0 * cx * g_power
         g_cy = g_cy + 2.0 * cy * g_power
-        gax, gay = _fir_transpose(params, g_cx), _fir_transpose(params, g_cy)
-    return grad_u
+        if wrt_params:
+            _param_grads(grads, n, steps, u, mask, g0, kappa, gax, g_drive, g_sat, g_mu,
+                         g_phase, g_cx, g_cy, cx, cy, sat, p_sat)
+        gax, gay = _fir_transpose(tap, g_cx), _fir_transpose(tap, g_cy)
+    return grad_u, grads
+
+
+def _param_grads(grads, n, steps, u, mask, g0, kappa, gax, g_drive, g_sat, g_mu,
+                 g_phase, g_cx, g_cy, cx, cy, sat, p_sat) -> None:
+    """Add step n's share of the physical quantities' gradients (``ring_map_backward``)."""
+    xp = array_module(gax)
+    un = u[:, n : n + 1]
+    mu = un * mask
+    power = cx * cx + cy * cy
+    grads["bias"] += float(gax.sum())
+    grads["inject"] += float((gax * mu).sum())
+    grads["gain"] += float((g_drive * (1.0 + kappa * mu)).sum())
+    grads["kappa"] += float((g_drive * g0 * mu).sum())
+    grads["p_sat"] += float((g_sat * sat * sat * power / (p_sat * p_sat)).sum())
+    grads["nu"] += float((g_phase * power).sum())
+    grads["mask"] += (g_mu * un).sum(axis=0)
+    if n > 0:   # c = fir(a_{n-1}); dc/dtap = roll(a,1) - 2a + roll(a,-1)
+        ax, ay = steps[n - 1][8], steps[n - 1][9]
+        dx = xp.roll(ax, 1, axis=-1) - 2.0 * ax + xp.roll(ax, -1, axis=-1)
+        dy = xp.roll(ay, 1, axis=-1) - 2.0 * ay + xp.roll(ay, -1, axis=-1)
+        grads["tap"] += float((g_cx * dx + g_cy * dy).sum())

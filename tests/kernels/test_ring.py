@@ -78,7 +78,8 @@ def test_noise_is_the_philox_gaussian_of_seed_and_tick():
 def test_float32_inputs_compute_in_float32():
     params = RingParams(noise=0.01, drift=0.1, drift_period=7)
     u = np.random.default_rng(6).uniform(-1, 1, (8, 12))
-    single, (_, mask, steps) = ring_forward(params, u.astype(np.float32), seed=1, tick=2, keep_cache=True)
+    single, (_, mask, steps, _, _) = ring_forward(params, u.astype(np.float32), seed=1, tick=2,
+                                                 keep_cache=True)
     assert single.dtype == mask.dtype == np.float32
     assert {a.dtype for step in steps for a in step} == {np.dtype(np.float32)}
     np.testing.assert_allclose(single, ring_forward(params, u, seed=1, tick=2), rtol=1e-4, atol=1e-6)
@@ -96,3 +97,33 @@ def test_drift_changes_gain_with_the_ring_clock():
 def test_bad_parameters_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         RingParams(**bad)
+
+
+def test_the_map_s_gradients_wrt_its_physical_quantities_match_finite_differences():
+    from pgt.kernels._ring import MAP_SCALARS, ring_map, ring_map_backward
+
+    rng = np.random.default_rng(11)
+    u = rng.uniform(-1, 1, (5, 7))
+    mask = rng.uniform(-1, 1, 6)
+    scalars = {"gain": 0.8, "kappa": 0.6, "inject": 0.5, "bias": 0.2, "p_sat": 1.3,
+               "nu": 0.7, "tap": 0.2}
+    weights = rng.normal(size=(5, 7, 6))
+
+    def objective(m, s):
+        return float((ring_map(u, m, **s) * weights).sum())
+
+    _, cache = ring_map(u, mask, keep_cache=True, **scalars)
+    grad_u, grads = ring_map_backward(cache, weights, wrt_params=True)
+    assert np.array_equal(grad_u, ring_map_backward(cache, weights)[0])
+    h = 1e-6
+    for name in MAP_SCALARS:
+        up, down = dict(scalars), dict(scalars)
+        up[name] += h
+        down[name] -= h
+        numeric = (objective(mask, up) - objective(mask, down)) / (2 * h)
+        assert grads[name] == pytest.approx(numeric, rel=1e-5, abs=1e-7), name
+    for j in range(6):
+        e = np.zeros(6)
+        e[j] = h
+        numeric = (objective(mask + e, scalars) - objective(mask - e, scalars)) / (2 * h)
+        assert grads["mask"][j] == pytest.approx(numeric, rel=1e-5, abs=1e-7), j
