@@ -33,7 +33,8 @@ _CHOICES = {
     "data.task": ("auto", "classification", "regression"),
     "model.name": ("dense", "transformer"),
     "model.pool": ("mean", "last"),
-    "estimator.name": ("interface", "pgt", "spsa", "readout", "ridge", "backprop"),
+    "estimator.name": ("interface", "pgt", "spsa", "readout", "ridge", "twin", "backprop"),
+    "estimator.twin_kind": ("grey", "black"),
     "estimator.form": ("central", "one-sided"),
     "estimator.distribution": ("rademacher", "gaussian"),
     "optimizer.name": ("adam", "sgd"),
@@ -44,11 +45,14 @@ _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every"
              "train.keep_checkpoints", "estimator.sigma", "optimizer.lr",
              "train.checkpoint_seconds", "model.feature_scale", "model.d_model",
              "model.heads", "model.mlp_width", "data.seq_len", "data.parity_bits",
-             "data.window", "data.length", "optimizer.eps", "train.log_every")
+             "data.window", "data.length", "optimizer.eps", "train.log_every",
+             "estimator.twin_max_period", "estimator.twin_lr", "estimator.twin_batch",
+             "estimator.twin_buffer", "estimator.twin_hidden")
 _NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay",
                  "reservoir.trial_timeout_s", "reservoir.suspend_limit_s", "seed",
                  "data.split_seed", "estimator.spsa_a", "estimator.spsa_alpha",
-                 "estimator.spsa_gamma", "model.init_scale")
+                 "estimator.spsa_gamma", "model.init_scale", "estimator.twin_probes",
+                 "estimator.twin_fit_steps")
 # Values in [0, 1): the optimizers' averaging constants.
 _UNIT = ("optimizer.beta1", "optimizer.beta2", "optimizer.momentum")
 _MAX_INT = 2**63 - 1   # NumPy's seeds and the checkpoint's counters are 64-bit

@@ -13,6 +13,7 @@ stored: direction k of step s is regenerated from (seed, s, k) (kernels.directio
 | interface | the ring's inputs, per sample; exact backward through the digital layers | 2K+1 / K+1 |
 | readout   | nothing; layers after the ring only | 1                                |
 | ridge     | nothing; a closed-form linear readout (pgt._ridge) | one pass of train + val |
+| twin      | the ring's inputs, now and then; the gradient through the ring from a twin learned online (pgt._twin) | 1, +2K on probing steps |
 | backprop  | nothing; exact gradient through the simulated ring | 1                 |
 """
 
@@ -341,7 +342,107 @@ class Ridge(Estimator):
         raise NotImplementedError("ridge is solved in closed form (Trainer.fit_ridge)")
 
 
-ESTIMATORS = {cls.name: cls for cls in (PGT, SPSA, Interface, Readout, Ridge, Backprop)}
+class Twin(Estimator):
+    """Physics-aware training kept honest by probes.
+
+    Every sample goes through the ring once; the loss and every layer after the ring
+    use the measured features, and the gradient through the ring is the twin's
+    vector-Jacobian product at the measured operating point (pgt._twin: a grey-box
+    fit of the ring's map, or a black-box network), fitted online from the run's own
+    (input, features) pairs. On probing steps K central interface probes measure
+    directional derivatives at the ring's inputs; the estimate is the twin's
+    gradient plus the probes' correction of it, Σ_k (ΔL_k/2σ − δ_k·g_twin) δ_k / K,
+    unbiased whatever the twin's error and as precise as the twin is good. The
+    probes also measure the twin: while their directional derivatives and the
+    twin's agree (cosine ≥ 0.9) the steps between probes double, up to
+    ``twin_max_period``; when they disagree (< 0.7) the next step probes again.
+    """
+
+    name = "twin"
+    _AGREE, _DISAGREE = 0.9, 0.7
+
+    def init(self, dim):
+        return {"twin.period": np.asarray(1, dtype=np.int64),
+                "twin.next": np.asarray(0, dtype=np.int64)}
+
+    def _model(self, n_inputs: int, n_features: int):
+        from pgt._twin import make_twin
+
+        c = self.cfg
+        return make_twin(c.twin_kind, n_inputs, n_features, c.twin_lr, c.twin_hidden)
+
+    def ask(self, state, step):
+        if self.cfg.twin_probes > 0 and step >= int(state["twin.next"]):
+            return _probes(self.cfg.twin_probes, "central", INPUTS)
+        return _CLEAN
+
+    def tell(self, state, step, probes, ev):
+        u, feats = np.asarray(ev.u, dtype=np.float64), np.asarray(ev.feats, dtype=np.float64)
+        twin = self._model(u.shape[1], feats.shape[1])
+        state = dict(state)
+        if "twin.theta" not in state:
+            state.update(twin.init(u, feats), **_empty_buffer(self.cfg.twin_buffer, u, feats))
+        post = ev.post_grads()
+        pred = twin.forward(state, u)
+        metrics = {"twin_error": float(((pred - feats) ** 2).mean() / max(feats.var(), 1e-300))}
+        grad_u = twin.vjp(state, u, post["features"])
+        exact = getattr(ev, "exact_ring_grad", None)
+        if exact is not None and (g := exact(post["features"])) is not None:
+            metrics["twin_exact_cosine"] = _cosine(g, grad_u)   # simulation only
+        if len(probes) > 1:
+            correction, agreement = self._probe_correction(step, probes, ev, grad_u)
+            grad_u = grad_u + correction
+            metrics["twin_probe_cosine"] = agreement
+            period = int(state["twin.period"])
+            period = (min(2 * period, self.cfg.twin_max_period) if agreement >= self._AGREE
+                      else 1 if agreement < self._DISAGREE else period)
+            state["twin.period"] = np.asarray(period, dtype=np.int64)
+            state["twin.next"] = np.asarray(step + period, dtype=np.int64)
+        grad = ev.pack(**post, **ev.pre_grads(grad_u))
+        state, metrics["twin_fit_loss"] = self._fit(twin, state, step, u, feats)
+        metrics["twin_period"] = int(state["twin.period"])
+        return grad, state, metrics
+
+    def _probe_correction(self, step, probes, ev, grad_u):
+        """The probes' correction of the twin's gradient, and their agreement with it."""
+        k, batch, width = self.cfg.twin_probes, ev.batch_size, ev.input_size
+        measured = _difference_coeffs(ev.losses[1:], probes, self.sigma(step), "central")
+        deltas = self.directions(step, range(k), batch * width, INPUT_STREAM).reshape(k, batch, width)
+        # per-sample directional derivatives; grad_u is of the batch mean: B times smaller
+        predicted = (deltas * grad_u[None]).sum(axis=2) * batch
+        correction = ((measured - predicted)[..., None] * deltas).sum(axis=0) / (k * batch)
+        return correction, _cosine(measured, predicted)
+
+    def _fit(self, twin, state, step, u, feats):
+        """Add the batch to the buffer; ``twin_fit_steps`` Adam steps on minibatches of it."""
+        size = len(state["twin.buf_u"])
+        filled, at = int(state["twin.filled"]), int(state["twin.at"])
+        rows = (at + np.arange(len(u))) % size
+        buf_u, buf_f = state["twin.buf_u"].copy(), state["twin.buf_f"].copy()
+        buf_u[rows], buf_f[rows] = u, feats
+        state.update({"twin.buf_u": buf_u, "twin.buf_f": buf_f,
+                      "twin.filled": np.asarray(min(size, filled + len(u)), dtype=np.int64),
+                      "twin.at": np.asarray((at + len(u)) % size, dtype=np.int64)})
+        rng = np.random.default_rng([self.seed, step, 0x7F17])
+        loss = float("nan")
+        for _ in range(self.cfg.twin_fit_steps):
+            pick = rng.integers(0, int(state["twin.filled"]), self.cfg.twin_batch)
+            state, loss = twin.fit(state, buf_u[pick], buf_f[pick])
+        return state, loss
+
+
+def _empty_buffer(size: int, u: np.ndarray, feats: np.ndarray) -> dict[str, np.ndarray]:
+    return {"twin.buf_u": np.zeros((size, u.shape[1])), "twin.buf_f": np.zeros((size, feats.shape[1])),
+            "twin.filled": np.asarray(0, dtype=np.int64), "twin.at": np.asarray(0, dtype=np.int64)}
+
+
+def _cosine(a, b) -> float:
+    a, b = np.ravel(a), np.ravel(b)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / norm if norm > 0 else 0.0
+
+
+ESTIMATORS = {cls.name: cls for cls in (PGT, SPSA, Interface, Readout, Ridge, Twin, Backprop)}
 
 
 def make_estimator(cfg: EstimatorConfig, seed: int) -> Estimator:

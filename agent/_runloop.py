@@ -602,7 +602,10 @@ class _Run:
                 self.ring_evals = int(metrics.get("ring_evals", self.ring_evals))
                 if trainer.step % train.log_every == 0 or trainer.done or (
                         trainer.step % train.eval_every == 0):
+                    twin = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("twin_")]}
                     self.log.info("step", **metrics)
+                    if twin:   # the twin estimator's own measurements (pgt._estimators.Twin)
+                        self.log.info("twin_fit", step=trainer.step, **twin)
                 self.progress.step(metrics)
                 if trainer.step % train.eval_every == 0 or trainer.done:
                     await self._evaluate()

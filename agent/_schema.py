@@ -58,7 +58,7 @@ class ReservoirConfig:
 
 @dataclass
 class EstimatorConfig:
-    name: str = "interface"         # interface | pgt | spsa | readout | ridge | backprop
+    name: str = "interface"         # interface | pgt | spsa | readout | ridge | twin | backprop
     k: int = 4                      # perturbation directions per step
     sigma: float = 0.05             # perturbation scale
     form: str = "central"           # central | one-sided
@@ -66,6 +66,16 @@ class EstimatorConfig:
     spsa_a: float = 0.0             # SPSA: stability constant A of a_k = 1/(k+1+A)^alpha
     spsa_alpha: float = 0.602       # SPSA: step-size decay exponent
     spsa_gamma: float = 0.101       # SPSA: perturbation decay exponent
+    twin_kind: str = "grey"         # twin: grey (the ring's map, its physics fitted) | black
+                                    # (a tanh network that assumes nothing); pgt._twin
+    twin_probes: int = 2            # twin: interface probe pairs on a probing step (0: none,
+                                    # plain physics-aware training)
+    twin_max_period: int = 16       # twin: steps between probes when the twin agrees with them
+    twin_fit_steps: int = 4         # twin: Adam steps on the twin per training step
+    twin_lr: float = 0.01           # twin: its learning rate
+    twin_batch: int = 64            # twin: samples per fitting step
+    twin_buffer: int = 2048         # twin: (input, features) pairs kept for fitting
+    twin_hidden: int = 256          # twin: hidden units of the black-box twin
 
 
 @dataclass

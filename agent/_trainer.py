@@ -49,6 +49,13 @@ class _Evaluation:
     def pre_grads(self, grad_u):
         return self.model.pre_backward(self.theta, self.x, self.u, grad_u)
 
+    def exact_ring_grad(self, grad_feats):
+        """The exact gradient through a differentiable simulated ring, None for a black
+        box (for the twin estimator's diagnostics; costs no ring evaluation)."""
+        if not callable(getattr(self.reservoir, "vjp", None)):
+            return None
+        return np.asarray(self.reservoir.vjp(self.u, grad_feats))
+
     def ring_vjp(self, grad_feats):
         vjp = getattr(self.reservoir, "vjp", None)
         if vjp is None:

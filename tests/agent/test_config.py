@@ -55,7 +55,7 @@ def test_settings_are_typed_values() -> None:
     ("device = 3\n", [], "config: 'device' in CFG must be a string, got an integer 3"),
     ("estimator = 3\n", [], "config: 'estimator' in CFG is a table, not an integer 3"),
     ("", ["estimator.name=adam"], "config: 'estimator.name' must be one of interface,"
-     " pgt, spsa, readout, ridge, backprop, got 'adam'"),
+     " pgt, spsa, readout, ridge, twin, backprop, got 'adam'"),
     ("", ["device=tpu"], "config: 'device' must be one of cpu, gpu, got 'tpu'"),
     ("", ["estimator.k=0"], "config: 'estimator.k' must be positive, got 0"),
     ("", ["estimator.sigma=-0.1"], "config: 'estimator.sigma' must be positive, got -0.1"),
