@@ -32,12 +32,14 @@ PLAN = {
     "backprop": ([], 3000, 40),
     "interface": ([], 3000, 40),
     "ridge": ([], 1, 1),
+    "twin": ([], 3000, 40),
     "readout": ([], 3000, 40),
     "pgt": (["estimator.k=16", "estimator.sigma=0.01", "optimizer.lr=0.006"], 10000, 100),
     "spsa": (["estimator.sigma=0.01", "optimizer.lr=0.003", "estimator.spsa_a=1000",
               "optimizer.schedule=constant"], 20000, 200),
 }
 TARGET = 0.90
+SECOND_TARGET = 0.97   # the twin's must-show: ring evaluations to first reach 97 %
 
 
 async def _run(name: str, seed: int, overrides: list[str], steps: int, every: int) -> dict:
@@ -54,9 +56,10 @@ async def _run(name: str, seed: int, overrides: list[str], steps: int, every: in
                     best = result
                 curve.append((trainer.step, trainer.ring_evals, result["test_accuracy"], result["test_loss"]))
     reached = next((evals for _, evals, acc, _ in curve if acc >= TARGET), None)
+    reached_97 = next((evals for _, evals, acc, _ in curve if acc >= SECOND_TARGET), None)
     return {"estimator": name, "seed": seed, "steps": trainer.total_steps, "eval_every": every,
             "final_accuracy": curve[-1][2], "best_val_test_accuracy": best["test_accuracy"],
-            "ring_evals": curve[-1][1], "evals_to_90": reached,
+            "ring_evals": curve[-1][1], "evals_to_90": reached, "evals_to_97": reached_97,
             "seconds": time.perf_counter() - start, "curve": curve}
 
 
@@ -71,8 +74,8 @@ def _fmt_count(n) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| estimator | final test accuracy, mean (min-max) | best-validation params, test accuracy | ring evals to 90 %, mean (per seed) | ring evals in run | steps | every | seconds/run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| estimator | final test accuracy, mean (min-max) | best-validation params, test accuracy | ring evals to 90 %, mean (per seed) | to 97 %, per seed | ring evals in run | steps | every | seconds/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in PLAN:
         rows = [r for r in results if r["estimator"] == name]
         if not rows:
@@ -85,6 +88,7 @@ def table(results: list[dict]) -> str:
             f"| {name} | {np.mean(acc):.2f} % ({min(acc):.2f}-{max(acc):.2f}) | "
             f"{np.mean(chosen):.2f} % ({min(chosen):.2f}-{max(chosen):.2f}) | "
             f"{_fmt_count(mean_reach)} ({', '.join(_fmt_count(r) for r in reach)}) | "
+            f"{', '.join(_fmt_count(r.get('evals_to_97')) for r in rows)} | "
             f"{_fmt_count(rows[0]['ring_evals'])} | {rows[0]['steps']} | {rows[0]['eval_every']} | "
             f"{np.mean([r['seconds'] for r in rows]):.0f} |"
         )
@@ -92,7 +96,7 @@ def table(results: list[dict]) -> str:
     if base:
         acc = [r["test_accuracy"] * 100 for r in base]
         lines.append(f"| logistic regression, raw pixels | {np.mean(acc):.2f} % ({min(acc):.2f}-"
-                     f"{max(acc):.2f}) | — | — | 0 | — | — | — |")
+                     f"{max(acc):.2f}) | — | — | — | 0 | — | — | — |")
     return "\n".join(lines)
 
 
