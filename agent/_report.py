@@ -32,7 +32,7 @@ from pgt._plot import figure, read_curves, save
 
 __all__ = ["Job", "PLAN", "run_report"]
 
-ESTIMATOR_ORDER = ("backprop", "interface", "pgt", "spsa", "ridge", "readout")
+ESTIMATOR_ORDER = ("backprop", "twin", "interface", "pgt", "spsa", "ridge", "readout")
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,14 @@ _SPSA = ("estimator.name=spsa", "estimator.sigma=0.01", "estimator.spsa_a=1000",
 
 PLAN: tuple[Job, ...] = (
     Job("dense", "backprop", "sim://ring", (*_DENSE, "estimator.name=backprop"), 1500, 50, 1),
+    Job("dense", "twin", "sim://ring", (*_DENSE, "estimator.name=twin"), 1500, 50, 3),
     Job("dense", "interface", "sim://ring", (*_DENSE, "estimator.name=interface"), 1500, 50, 1.2),
     Job("dense", "pgt", "sim://ring", (*_DENSE, *_PGT, "optimizer.lr=0.006"), 3000, 150, 4),
     Job("dense", "spsa", "sim://ring", (*_DENSE, *_SPSA, "optimizer.lr=0.003"), 6000, 300, 0.3),
     Job("dense", "ridge", "sim://ring", (*_DENSE, "estimator.name=ridge"), 1, 1, 0.01),
     Job("dense", "readout", "sim://ring", (*_DENSE, "estimator.name=readout"), 1500, 50, 0.4),
     Job("transformer", "backprop", "sim://ring", (*_TRANS, "estimator.name=backprop"), 1500, 50, 3.5),
+    Job("transformer", "twin", "sim://ring", (*_TRANS, "estimator.name=twin"), 1500, 50, 5),
     Job("transformer", "interface", "sim://ring",
         (*_TRANS, "estimator.name=interface", "estimator.k=8"), 1500, 50, 6),
     Job("transformer", "pgt", "sim://ring", (*_TRANS, *_PGT), 1200, 100, 9),
