@@ -159,7 +159,7 @@ def _summarise(job: Job, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "overrides": list(job.overrides), "steps": int(curves[0]["eval_step"][-1]),
             "accuracy": acc.tolist(), "best_val_accuracy": chosen.tolist(),
             "test_loss": loss.tolist(),
-            "ring_evals": int(curves[0]["eval_ring_evals"][-1]),
+            "ring_evals": int(np.mean([c["eval_ring_evals"][-1] for c in curves])),   # seeds' mean
             "seconds": float(np.mean([r["seconds"] for r in runs])),
             "runs": [r["run_dir"] for r in runs], "curves": curves}
 
