@@ -77,3 +77,17 @@ def echo_state_network(data, units: int = 400, seed: int = 0) -> dict:
     test = score("regression", pred, data.y_test, np.zeros(len(pred)))
     return {"test_nmse": test["nmse"], "test_nrmse": test["nrmse"], "spectral_radius": radius,
             "input_scaling": scale, "lambda": lam, "units": units}
+
+
+def run_all(fn, jobs: list, workers: int) -> list:
+    """``fn`` over ``jobs`` on ``workers`` processes (spawned; one BLAS thread each, as
+    the workers fill the cores already), in order; in this process when ``workers`` is 1."""
+    import multiprocessing
+    import os
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if workers <= 1:
+        return [fn(job) for job in jobs]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=1)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -187,14 +185,10 @@ def main(argv=None) -> int:
         for name in FILES:
             export(name, data_dir)
     jobs = _jobs(args.sections, args.seeds, data_dir, out, args.quick)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")   # the workers fill the cores already
     start = time.perf_counter()
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = pool.map(_run, jobs, chunksize=1)
-    else:
-        results = [_run(j) for j in jobs]
+    from baselines import run_all
+
+    results = run_all(_run, jobs, args.jobs)
     baselines = _baselines(args.sections, args.seeds, data_dir)
     print(tables(results, baselines))
     print(f"{len(jobs)} runs, {(time.perf_counter() - start) / 60:.1f} min on {args.jobs} worker(s)")

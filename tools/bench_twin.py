@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -116,7 +114,7 @@ async def _in_silico(job: dict) -> dict:
         twin = make_twin("grey", u.shape[1], feats.shape[1], 0.01, 0)
         state = twin.init(calibration[:64], feats[:64])
         rng = np.random.default_rng([job["seed"], 0x51])
-        for _ in range(3000):
+        for _ in range(job.get("fits", 3000)):
             pick = rng.integers(0, len(calibration), 64)
             state, _ = twin.fit(state, calibration[pick], feats[pick])
 
@@ -185,17 +183,16 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--sections", nargs="+", default=["rings", "transformer"],
                         choices=["rings", "transformer"])
+    parser.add_argument("--calibration-fits", type=int, default=3000,
+                        help="Adam steps fitting the in-silico twin on its calibration pass")
     parser.add_argument("--json", help="write every run's results to this file")
     args = parser.parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    jobs = _jobs(args.sections, args.seeds, args.steps)
+    jobs = [{**job, "fits": args.calibration_fits}
+            for job in _jobs(args.sections, args.seeds, args.steps)]
     start = time.perf_counter()
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            results = pool.map(_run, jobs, chunksize=1)
-    else:
-        results = [_run(j) for j in jobs]
+    from baselines import run_all
+
+    results = run_all(_run, jobs, args.jobs)
     print(tables(results))
     print(f"{len(jobs)} runs, {(time.perf_counter() - start) / 60:.1f} min on {args.jobs} worker(s)")
     if args.json:
