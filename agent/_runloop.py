@@ -98,6 +98,12 @@ def read_run_config(run_dir: Path) -> Config:
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}")
     if not (run_dir / CONFIG_FILE).is_file():
+        from pgt._lock import held_by
+
+        if (holder := held_by(run_dir)) is not None:   # a run starting there right now
+            pid, _, host = holder.partition(" ")
+            raise RunDirTaken(f"run directory {run_dir} is in use by pid {pid} on {host}; "
+                              f"one process at a time trains a run")
         raise RunDirError(f"no {CONFIG_FILE} in {run_dir}: not a run directory")
     return load_config(run_dir / CONFIG_FILE, [])
 
