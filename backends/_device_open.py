@@ -67,7 +67,7 @@ _EMU = {"latency_ms": ("latency_s", lambda v: float(v) / 1000),
 
 def _parse(url: str, scheme: str) -> tuple[dict, dict, dict]:
     """Host options, emulator settings and ring parameters named in the query."""
-    ring_types = RingParams.field_types() if scheme == "emu" else {}
+    ring_types = {**RingParams.field_types(), "preset": str} if scheme == "emu" else {}
     host, emu, ring = {}, {}, {}
     for key, values in urllib.parse.parse_qs(urllib.parse.urlparse(url).query,
                                              keep_blank_values=True).items():
@@ -141,7 +141,9 @@ async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceRes
     _check_ranges(emu)
     if parsed.scheme == "emu":
         try:
-            config = EmulatorConfig(ring=RingParams(**ring), baud=host.get("baud", 0.0), seed=seed, **emu)
+            preset = ring.pop("preset", "default")
+            config = EmulatorConfig(ring=RingParams.preset(preset, **ring),
+                                    baud=host.get("baud", 0.0), seed=seed, **emu)
         except (TypeError, ValueError) as exc:
             raise ReservoirURLError(f"reservoir URL: {exc}") from None
         with single_errors():

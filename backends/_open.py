@@ -19,7 +19,7 @@ from pgt.backends._sim import SimRing
 from pgt.kernels import RingParams
 
 BUILTIN_SCHEMES = ("sim", "serial", "socket", "emu")
-_SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int}
+_SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int, "preset": str}
 
 
 def _convert(key: str, raw: str, kind: type):
@@ -47,7 +47,7 @@ def _open_sim(parsed: urllib.parse.ParseResult, seed: int, device: str) -> SimRi
         target = extra if key in _SIM_EXTRA else ring_kw
         target[key] = _convert(key, values[-1], known[key])
     try:
-        params = RingParams(**ring_kw)
+        params = RingParams.preset(extra.get("preset", "default"), **ring_kw)
     except ValueError as exc:
         raise ReservoirURLError(f"reservoir URL: {exc}") from None
     for key in ("inputs", "max_batch"):

@@ -22,6 +22,8 @@ from pgt.kernels import (
     fused_ring_forward,
     fused_ring_supported,
     get_xp,
+    gain_path,
+    needs_gain_path,
     ring_backward,
     ring_forward,
     to_numpy,
@@ -52,6 +54,7 @@ class SimRing:
         self.fused = fused and device == "gpu" and fused_ring_supported(params)
         self.seed = seed
         self.tick = 0
+        self.walk = None   # the gain walk's state (kernels.gain_path), when it has one
         self.info = ReservoirInfo(
             name="sim-ring", n_inputs=n_inputs, n_features=n_inputs * params.nodes,
             max_batch=max_batch,
@@ -60,9 +63,17 @@ class SimRing:
     async def forward(self, u) -> np.ndarray:
         u = self.xp.asarray(u, dtype=self.xp.float64)
         check_inputs(self.info, u)
-        run = fused_ring_forward if self.fused else ring_forward
-        feats = run(self.params, u, tick=self.tick, seed=self.seed)
-        self.tick += 1
+        p = self.params
+        if needs_gain_path(p):   # the gain moves within the call, or by its walk
+            count = u.shape[0] if p.clock == "sample" else 1
+            gains, self.walk = gain_path(p, self.tick, count, self.seed, self.walk)
+            feats = ring_forward(p, u, tick=self.tick, seed=self.seed,
+                                 gains=gains if count > 1 else gains[:1].repeat(u.shape[0]))
+            self.tick += count
+        else:
+            run = fused_ring_forward if self.fused else ring_forward
+            feats = run(p, u, tick=self.tick, seed=self.seed)
+            self.tick += 1
         if self.xp is not np:
             await gpu_work_done(self.xp)
         return to_numpy(feats.reshape(u.shape[0], -1))
@@ -76,7 +87,11 @@ class SimRing:
         return to_numpy(ring_backward(self.params, cache, grad))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"tick": np.asarray(self.tick, dtype=np.int64)}
+        state = {"tick": np.asarray(self.tick, dtype=np.int64)}
+        if self.walk is not None:
+            state["walk"] = np.asarray(self.walk, dtype=np.float64)
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.tick = int(state["tick"])
+        self.walk = np.array(state["walk"]) if "walk" in state else None

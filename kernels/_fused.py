@@ -177,8 +177,12 @@ def _block_shape(nodes: int) -> tuple[int, int]:
 
 
 def fused_ring_supported(params: RingParams) -> bool:
-    """Whether one block can hold a sample's slots (the fused kernel's one limit)."""
-    return params.nodes <= MAX_NODES
+    """Whether the fused kernel runs this ring: one block must hold a sample's slots, and
+    it models the plain square-law diode (no reference line, detuning, noise floor,
+    gain walk, ADC or per-sample clock)."""
+    return (params.nodes <= MAX_NODES and params.ref == 0.0 and params.detune == 0.0
+            and params.floor == 0.0 and params.walk == 0.0 and params.bits == 0
+            and params.clock == "call")
 
 
 def fused_ring_forward(params: RingParams, u, *, tick: int = 0, seed: int | None = None):

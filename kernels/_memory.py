@@ -1,10 +1,16 @@
-"""Short-term memory capacity, the standard reservoir-computing benchmark.
+"""Short-term memory and parity-check capacity, the standard reservoir benchmarks.
 
-Drive the ring with one long i.i.d. input sequence u_n ~ U[-1, 1]; for each delay
-k, fit a ridge-regression readout of the detector features at step n to u_{n-k}
-on a training stretch and score it by the squared correlation r²(k) on a held-out
-stretch. The capacity is Σ_k r²(k) (Jaeger 2001); a linear reservoir of N nodes
-has at most N.
+Both drive the ring with one long i.i.d. input sequence, discard a washout, fit a
+ridge-regression readout of the detector features at step n to a target on the first
+half of the rest and score it by the squared correlation r² on the held-out second
+half.
+
+- Memory capacity (Jaeger 2001): inputs u_n ~ U[-1, 1], targets u_{n-k} for delays
+  k = 1, 2, ...; MC = Σ_k r²(k). A linear reservoir of N nodes has at most N.
+- Parity-check capacity (as used for active rings by Watt & Kostylev and later): bits
+  s_n ∈ {0, 1} driven as u_n = 2 s_n − 1, targets the parity (XOR) of the three bits
+  s_{n-k}, s_{n-k-1}, s_{n-k-2} for k = 0, 1, ...; PC = Σ_k r²(k). A linear readout
+  can only find parity where the ring's nonlinearity has made it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import numpy as np
 
 from pgt.kernels._ring import RingParams, ring_forward
 
+__all__ = ["memory_capacity", "memory_curve", "parity_capacity", "parity_curve"]
+
 
 def _ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     gram = x.T @ x
@@ -20,24 +28,50 @@ def _ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     return np.linalg.solve(gram, x.T @ y)
 
 
+def _features(params: RingParams, u: np.ndarray, seed: int) -> np.ndarray:
+    feats = ring_forward(params, u[None, :], seed=seed if params.noise > 0 else None)[0]
+    return np.hstack([feats, np.ones((len(u), 1))])
+
+
+def _scores(design, target_at, delays, washout: int, ridge: float) -> np.ndarray:
+    length = len(design)
+    split = washout + (length - washout) // 2   # a held-out half
+    scores = np.empty(len(delays))
+    for i, k in enumerate(delays):
+        rows = np.arange(washout, length)
+        target = target_at(rows, k)
+        train, test = rows < split, rows >= split
+        pred = design[rows[test]] @ _ridge_fit(design[rows[train]], target[train], ridge)
+        r = np.corrcoef(pred, target[test])[0, 1]
+        scores[i] = 0.0 if not np.isfinite(r) else r * r
+    return scores
+
+
 def memory_curve(params: RingParams, *, length: int = 6000, washout: int = 200,
                  max_delay: int = 40, seed: int = 0, ridge: float = 1e-6) -> np.ndarray:
-    """r²(k) for k = 1..max_delay (index k-1), measured on the noise-free ring."""
-    rng = np.random.default_rng(seed)
-    u = rng.uniform(-1.0, 1.0, length)
-    feats = ring_forward(params, u[None, :])[0]                      # (length, nodes)
-    design = np.hstack([feats, np.ones((length, 1))])
-    split = washout + (length - washout) * 2 // 3
-    scores = np.empty(max_delay)
-    for k in range(1, max_delay + 1):
-        x_tr, y_tr = design[washout:split], u[washout - k : split - k]
-        x_te, y_te = design[split:], u[split - k : length - k]
-        pred = x_te @ _ridge_fit(x_tr, y_tr, ridge)
-        r = np.corrcoef(pred, y_te)[0, 1]
-        scores[k - 1] = 0.0 if not np.isfinite(r) else r * r
-    return scores
+    """r²(k) of recalling u_{n-k}, k = 1..max_delay (index k-1)."""
+    u = np.random.default_rng(seed).uniform(-1.0, 1.0, length)
+    design = _features(params, u, seed)
+    return _scores(design, lambda rows, k: u[rows - k], range(1, max_delay + 1), washout, ridge)
 
 
 def memory_capacity(params: RingParams, **kwargs) -> float:
     """Σ_k r²(k): the ring's short-term memory capacity (see ``memory_curve``)."""
     return float(memory_curve(params, **kwargs).sum())
+
+
+def parity_curve(params: RingParams, *, length: int = 6000, washout: int = 200,
+                 max_delay: int = 20, seed: int = 0, ridge: float = 1e-6) -> np.ndarray:
+    """r²(k) of the parity of bits n-k, n-k-1, n-k-2, k = 0..max_delay-1."""
+    bits = np.random.default_rng([seed, 0xB17]).integers(0, 2, length)
+    design = _features(params, 2.0 * bits - 1.0, seed)
+
+    def parity(rows, k):
+        return ((bits[rows - k] + bits[rows - k - 1] + bits[rows - k - 2]) % 2).astype(float)
+
+    return _scores(design, parity, range(max_delay), washout, ridge)
+
+
+def parity_capacity(params: RingParams, **kwargs) -> float:
+    """Σ_k r²(k): the ring's parity-check capacity (see ``parity_curve``)."""
+    return float(parity_curve(params, **kwargs).sum())

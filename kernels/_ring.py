@@ -47,6 +47,20 @@ class RingParams:
     drift: float = 0.0       # relative amplitude of the slow gain drift
     drift_period: float = 2000.0  # drift period in forward calls
     mask_seed: int = 1234    # the ring's fixed input mask (a property of the device)
+    ref: float = 0.0         # reference line: amplitude mixed onto the output before the
+                             # diode, which then reads |a + ref e^{i ref_phase}|² (0: none)
+    ref_phase: float = 0.0   # its phase (radians)
+    detune: float = 0.0      # linear phase per round trip (radians): the loop's detuning
+                             # from its resonance; rotates the amplitude each round trip
+    floor: float = 0.0       # additive detector noise, standard deviation in feature units
+                             # (the diode and amplifier's noise floor)
+    walk: float = 0.0        # slow gain fluctuation, relative standard deviation: a sum of
+                             # random walks (Ornstein-Uhlenbeck) with correlation times of
+                             # 100, 1,000 and 10,000 ticks, a 1/f-like drift
+    bits: int = 0            # ADC resolution of the detector reading (0: not quantised)
+    adc_max: float = 4.0     # the ADC's full scale, in feature units (readings clip there)
+    clock: str = "call"      # "call": one tick per forward call; "sample": one per sample,
+                             # so samples (and probes) run one after another see the drift move
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -57,8 +71,21 @@ class RingParams:
             raise ValueError(f"ring: p_sat must be > 0, got {self.p_sat}")
         if not 0.0 <= self.tap <= 0.5:
             raise ValueError(f"ring: tap must be in [0, 0.5], got {self.tap}")
-        if self.noise < 0 or self.drift < 0:
-            raise ValueError("ring: noise and drift must be >= 0")
+        if self.noise < 0 or self.drift < 0 or self.floor < 0 or self.walk < 0:
+            raise ValueError("ring: noise, drift, floor and walk must be >= 0")
+        if not 0 <= self.bits <= 24:
+            raise ValueError(f"ring: bits must be 0 (no ADC) to 24, got {self.bits}")
+        if not self.adc_max > 0:
+            raise ValueError(f"ring: adc_max must be > 0, got {self.adc_max}")
+        if self.clock not in ("call", "sample"):
+            raise ValueError(f"ring: clock must be 'call' or 'sample', got {self.clock!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> RingParams:
+        """A named operating point (``PRESETS``) with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"ring: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
@@ -81,6 +108,19 @@ class RingParams:
         return float(self.gain * (1.0 + self.drift * np.sin(2.0 * np.pi * tick / self.drift_period)))
 
 
+# Named operating points. "memory": a ring read through a reference line (the diode
+# sees the ring's output mixed with a carrier: phase-sensitive, linear in the
+# amplitude), with the pulse broadened over neighbouring slots (tap 0.3), a weak
+# nonlinear phase (0.05), saturation (power 1.5) and weak input modulation of the
+# gain: its short-term memory and parity-check capacities lie in the ranges measured
+# on real active rings (README, "The simulated ring").
+PRESETS = {
+    "default": {},
+    "memory": {"ref": 1.0, "gain": 0.85, "tap": 0.3, "nu": 0.05, "p_sat": 1.5, "kappa": 0.2,
+               "inject": 0.3},
+}
+
+
 def _fir(tap: float, a):
     xp = array_module(a)
     return tap * xp.roll(a, 1, axis=-1) + (1.0 - 2.0 * tap) * a + tap * xp.roll(a, -1, axis=-1)
@@ -95,37 +135,91 @@ def _fir_transpose(tap: float, g):
 MAP_SCALARS = ("gain", "kappa", "inject", "bias", "p_sat", "nu", "tap")
 
 
-def detector_noise(seed: int, tick: int, shape, *, xp=np, dtype=np.float64):
-    """Standard normal detector noise of one forward call: Philox (seed, tick)."""
+def detector_noise(seed: int, tick: int, shape, *, xp=np, dtype=np.float64, k: int = 0):
+    """Standard normal detector noise of one forward call: Philox (seed, tick, k); k 0
+    is the multiplicative noise, k 1 the additive floor."""
     size = int(np.prod(shape))
-    z = directions(seed, tick, [0], size, "gaussian", stream=NOISE_STREAM, xp=xp, dtype=dtype)
+    z = directions(seed, tick, [k], size, "gaussian", stream=NOISE_STREAM, xp=xp, dtype=dtype)
     return z.reshape(shape)
 
 
+WALK_TAUS = (100.0, 1000.0, 10000.0)   # correlation times of the gain walk, in ticks
+WALK_STREAM = 0x3A1C                   # its Philox stream
+
+
+def needs_gain_path(params: RingParams) -> bool:
+    """Whether the gain moves within a call or by a walk (``gain_path``)."""
+    return params.walk > 0 or params.clock == "sample"
+
+
+def gain_path(params: RingParams, tick: int, count: int, seed: int, walk):
+    """The loop gain at ticks tick .. tick+count-1 and the walk's state after them.
+
+    gain = g0 (1 + drift sin(2π t / period) + w_t), w the sum of three AR(1) walks
+    (``WALK_TAUS``) each of stationary variance walk²/3, advanced from ``walk`` (3,)
+    with Philox innovations (seed, WALK_STREAM, step=tick): a pure function, so a
+    resumed ring continues the same path.
+    """
+    from scipy.signal import lfilter
+
+    ticks = tick + np.arange(count)
+    offset = np.zeros(count)
+    state = np.zeros(len(WALK_TAUS)) if walk is None else np.asarray(walk, dtype=np.float64)
+    new = state.copy()
+    if params.walk > 0:
+        xi = directions(seed, tick, list(range(len(WALK_TAUS))), count, "gaussian",
+                        stream=WALK_STREAM)   # (3, count): a prefix whatever the count
+        for i, tau in enumerate(WALK_TAUS):
+            rho = float(np.exp(-1.0 / tau))
+            sigma = params.walk * np.sqrt((1.0 - rho * rho) / len(WALK_TAUS))
+            path, _ = lfilter([sigma], [1.0, -rho], xi[i], zi=[rho * state[i]])
+            offset += path
+            new[i] = path[-1]
+    sine = params.drift * np.sin(2.0 * np.pi * ticks / params.drift_period) if params.drift else 0.0
+    return params.gain * (1.0 + sine + offset), new
+
+
 def ring_forward(params: RingParams, u, *, tick: int = 0, seed: int | None = None,
-                 keep_cache=False):
+                 keep_cache=False, gains=None):
     """Run the ring over input sequences ``u`` (B, T) in [-1, 1].
 
     Returns features (B, T, N) (detector power of every slot on every round trip)
     and, with ``keep_cache``, what ``ring_backward`` needs. ``tick`` is the ring's
     clock: it sets the gain drift and, with ``seed``, the detector noise (required
-    when ``params.noise`` > 0; see ``detector_noise``). Computes in ``u.dtype``.
+    when ``params.noise`` or ``params.floor`` > 0; see ``detector_noise``). ``gains``:
+    the loop gain of each sample (``gain_path``) instead of ``gain_at(tick)``. The
+    reading is then quantised by the ADC when ``params.bits`` is set. Computes in
+    ``u.dtype``.
     """
     xp = array_module(u)
     scalars = {name: getattr(params, name) for name in MAP_SCALARS}
     scalars["gain"] = params.gain_at(tick)
+    if gains is not None:   # per sample: (B, 1), broadcast over the nodes
+        scalars["gain"] = xp.asarray(gains, dtype=u.dtype).reshape(-1, 1)
+    scalars["ref"], scalars["ref_phase"] = params.ref, params.ref_phase
+    scalars["detune"] = params.detune
     out = ring_map(u, params.mask(xp, u.dtype), keep_cache=keep_cache, **scalars)
     feats = out[0] if keep_cache else out
     if params.noise > 0.0:
         if seed is None:
             raise ValueError("ring: noise > 0 needs a seed")
         feats *= 1.0 + params.noise * detector_noise(seed, tick, feats.shape, xp=xp, dtype=feats.dtype)
+    if params.floor > 0.0:
+        if seed is None:
+            raise ValueError("ring: a noise floor needs a seed")
+        feats += params.floor * detector_noise(seed, tick, feats.shape, xp=xp, dtype=feats.dtype, k=1)
+    if params.bits:
+        step = params.adc_max / (2**params.bits - 1)
+        feats[...] = xp.round(xp.clip(feats, 0.0, params.adc_max) / step) * step
     return out
 
 
-def ring_map(u, mask, *, gain, kappa, inject, bias, p_sat, nu, tap, keep_cache=False):
+def ring_map(u, mask, *, gain, kappa, inject, bias, p_sat, nu, tap, ref=0.0, ref_phase=0.0,
+             detune=0.0, keep_cache=False):
     """The noise-free round-trip map with every physical quantity explicit: the mask
-    (N,) and the scalars of ``MAP_SCALARS``. Returns features (B, T, N) and, with
+    (N,) and the scalars of ``MAP_SCALARS``. ``ref``: the amplitude of the reference
+    line added to the ring's output before the diode (phase ``ref_phase``), which makes
+    the reading phase-sensitive: |a + ref e^{iφ}|². Returns features (B, T, N) and, with
     ``keep_cache``, what ``ring_map_backward`` and ``ring_backward`` need."""
     xp = array_module(u)
     batch, steps = u.shape
@@ -140,17 +234,21 @@ def ring_map(u, mask, *, gain, kappa, inject, bias, p_sat, nu, tap, keep_cache=F
         cx, cy = _fir(tap, ax), _fir(tap, ay)
         power = cx * cx + cy * cy
         sat = 1.0 / (1.0 + power / p_sat)
-        phase = nu * power
+        phase = nu * power + detune if detune else nu * power
         co, si = xp.cos(phase), xp.sin(phase)
         drive = g0 * (1.0 + kappa * mu)
         rx, ry = cx * co - cy * si, cx * si + cy * co
         ax = drive * sat * rx + inject * mu + bias
         ay = drive * sat * ry
-        feats[:, n, :] = ax * ax + ay * ay
+        if ref:
+            ox, oy = ax + ref * np.cos(ref_phase), ay + ref * np.sin(ref_phase)
+            feats[:, n, :] = ox * ox + oy * oy
+        else:
+            feats[:, n, :] = ax * ax + ay * ay
         if keep_cache:
             cache.append((cx, cy, sat, co, si, drive, rx, ry, ax, ay))
     scalars = {"gain": gain, "kappa": kappa, "inject": inject, "bias": bias, "p_sat": p_sat,
-               "nu": nu, "tap": tap}
+               "nu": nu, "tap": tap, "ref": ref, "ref_phase": ref_phase, "detune": detune}
     return (feats, (g0, mask, cache, u, scalars)) if keep_cache else feats
 
 
@@ -178,10 +276,15 @@ def ring_map_backward(cache, grad_feats, *, wrt_params: bool = False):
     grads = {name: 0.0 for name in MAP_SCALARS} if wrt_params else None
     if wrt_params:
         grads["mask"] = xp.zeros_like(mask)
+    ref, phase = s.get("ref", 0.0), s.get("ref_phase", 0.0)
     for n in range(n_steps - 1, -1, -1):
         cx, cy, sat, co, si, drive, rx, ry, ax, ay = steps[n]
-        gax = gax + 2.0 * ax * grad_feats[:, n, :]
-        gay = gay + 2.0 * ay * grad_feats[:, n, :]
+        if ref:   # the diode reads |a + ref e^{iφ}|²
+            gax = gax + 2.0 * (ax + ref * np.cos(phase)) * grad_feats[:, n, :]
+            gay = gay + 2.0 * (ay + ref * np.sin(phase)) * grad_feats[:, n, :]
+        else:
+            gax = gax + 2.0 * ax * grad_feats[:, n, :]
+            gay = gay + 2.0 * ay * grad_feats[:, n, :]
         g_drive = sat * (gax * rx + gay * ry)
         g_sat = drive * (gax * rx + gay * ry)
         g_rx, g_ry = gax * drive * sat, gay * drive * sat
