@@ -29,7 +29,8 @@ def _ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
 
 
 def _features(params: RingParams, u: np.ndarray, seed: int) -> np.ndarray:
-    feats = ring_forward(params, u[None, :], seed=seed if params.noise > 0 else None)[0]
+    noisy = params.noise > 0 or params.floor > 0
+    feats = ring_forward(params, u[None, :], seed=seed if noisy else None)[0]
     return np.hstack([feats, np.ones((len(u), 1))])
 
 
