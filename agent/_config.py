@@ -29,7 +29,8 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 # Closed vocabularies; a value outside them is a ConfigError.
 _CHOICES = {
     "device": ("cpu", "gpu"),
-    "data.name": ("digits", "digit_rows", "delayed_parity", "narma10", "mackey_glass"),
+    "data.name": ("digits", "digit_rows", "delayed_parity", "narma10", "mackey_glass",
+                  "delayed_recall"),
     "data.task": ("auto", "classification", "regression"),
     "model.name": ("dense", "transformer"),
     "model.pool": ("mean", "last"),
@@ -48,7 +49,7 @@ _POSITIVE = ("train.steps", "estimator.k", "data.batch_size", "train.eval_every"
              "data.window", "data.length", "optimizer.eps", "train.log_every",
              "estimator.twin_max_period", "estimator.twin_lr", "estimator.twin_batch",
              "estimator.twin_buffer", "estimator.twin_hidden")
-_NON_NEGATIVE = ("train.checkpoint_every", "optimizer.weight_decay", "data.delay",
+_NON_NEGATIVE = ("data.washout", "train.checkpoint_every", "optimizer.weight_decay", "data.delay",
                  "reservoir.trial_timeout_s", "reservoir.suspend_limit_s", "seed",
                  "data.split_seed", "estimator.spsa_a", "estimator.spsa_alpha",
                  "estimator.spsa_gamma", "model.init_scale", "estimator.twin_probes",

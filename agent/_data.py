@@ -69,8 +69,9 @@ class Dataset:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
-DATASETS = ("digits", "digit_rows", "delayed_parity", "narma10", "mackey_glass")
-_SERIES = ("narma10", "mackey_glass")
+DATASETS = ("digits", "digit_rows", "delayed_parity", "narma10", "mackey_glass",
+            "delayed_recall")
+_SERIES = ("narma10", "mackey_glass", "delayed_recall")
 
 
 # -- the named datasets ---------------------------------------------------------------
@@ -119,8 +120,9 @@ def load_dataset(name: str, test_fraction: float, split_seed: int, options=None,
     "digits": 64 pixels per image; "digit_rows": the same images read as a sequence
     of 8 rows of 8 pixels; "delayed_parity": generated bits (pgt._tasks), one per
     token; "narma10" and "mackey_glass": one-step-ahead prediction of generated
-    series from a window of ``window`` past values (regression). ``options`` is a
-    DataConfig (seq_len, delay, parity_bits, window, length).
+    series from a window of ``window`` past values (regression); "delayed_recall":
+    the input ``delay`` steps back (regression; with ``data.continuous`` across
+    samples). ``options`` is a DataConfig (seq_len, delay, parity_bits, window, length).
     """
     from pgt._schema import DataConfig
 
@@ -147,9 +149,12 @@ def _series(name: str, o, test_fraction: float, val_fraction: float, seed: int) 
     """A generated time series as windows -> next value, split in time order."""
     from pgt import _tasks
 
-    make = _tasks.narma10_task if name == "narma10" else _tasks.mackey_glass_task
     try:
-        x, y = make(length=o.length, window=o.window, seed=seed)
+        if name == "delayed_recall":
+            x, y = _tasks.delayed_recall_task(o.length, o.window, seed, delay=o.delay)
+        else:
+            make = _tasks.narma10_task if name == "narma10" else _tasks.mackey_glass_task
+            x, y = make(length=o.length, window=o.window, seed=seed)
     except ValueError as e:
         raise DataError(f"dataset {name!r}: {e}") from None
     n = len(x)

@@ -27,10 +27,15 @@ class DataConfig:
     batch_size: int = 32            # samples per training step
     split_seed: int = 0             # seeds the splits (and generation)
     seq_len: int = 16               # delayed_parity: bits per sequence
-    delay: int = 2                  # delayed_parity: steps between the parity window and the end
+    delay: int = 2                  # delayed_parity: steps between the parity window and the
+                                    # end; delayed_recall: how far back the target lies
     parity_bits: int = 2            # delayed_parity: how many consecutive bits are XORed
     window: int = 16                # narma10, mackey_glass: past values per sample (tokens)
-    length: int = 2000              # narma10, mackey_glass: samples generated
+    length: int = 2000              # narma10, mackey_glass, delayed_recall: samples generated
+    continuous: bool = False        # time series: the ring runs on from sample to sample
+                                    # (batches are consecutive samples; each pass starts with
+                                    # a washout of the samples before it) — pgt._trainer
+    washout: int = 32               # continuous: samples replayed before each pass
 
 
 @dataclass

@@ -168,3 +168,20 @@ def mackey_glass_task(length: int, window: int, seed: int,
         raise ValueError(f"mackey_glass_task: length {length} and window {window} must be >= 1")
     x = mackey_glass(length + window, seed, **mg_kwargs)
     return windows(x[:-1], x[1:], window)
+
+
+def delayed_recall_task(length: int, window: int, seed: int,
+                        delay: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``length`` windows of i.i.d. inputs x ~ U[-1, 1] (length, window), and targets:
+    the input ``delay`` steps before the window's last, x(t - delay).
+
+    With ``window`` ≤ ``delay`` the target lies outside each sample: only a reservoir
+    whose state runs on from sample to sample (``data.continuous``) can recall it.
+    Raises ValueError for a length, window or delay below 1.
+    """
+    if length < 1 or window < 1 or delay < 1:
+        raise ValueError(f"delayed_recall: length {length}, window {window} and delay "
+                         f"{delay} must be >= 1")
+    x = np.random.default_rng([seed, 0x4ECA]).uniform(-1.0, 1.0, length + window + delay)
+    rows = np.arange(length)[:, None] + delay + np.arange(window)[None, :]
+    return x[rows], x[rows[:, -1] - delay]

@@ -96,8 +96,30 @@ def _check_finite(step: int, **values) -> None:
             raise Diverged(step, what)
 
 
+def _check_continuous(cfg, data, reservoir) -> None:
+    """Continuous mode needs a time series, a ring that runs sequences and an estimator
+    that needs no backward of a sequence. Raises ConfigError (one line)."""
+    from pgt._config import ConfigError
+
+    if data.info.get("split") != "chronological":
+        raise ConfigError(f"config: data.continuous needs a time series in time order "
+                          f"(narma10, mackey_glass, delayed_recall), not {cfg.data.name!r}")
+    if not callable(getattr(reservoir, "forward_sequence", None)):
+        raise ConfigError(f"config: data.continuous needs a reservoir that runs sequences "
+                          f"(sim://ring); {reservoir.info.name} does not")
+    if cfg.estimator.name in ("backprop", "twin"):
+        raise ConfigError(f"config: data.continuous does not support estimator "
+                          f"{cfg.estimator.name!r} (use interface, pgt, spsa, readout or ridge)")
+    if len(data.y_train) < cfg.data.washout + cfg.data.batch_size:
+        raise ConfigError(f"config: data.continuous needs at least washout + batch_size "
+                          f"({cfg.data.washout + cfg.data.batch_size}) training samples, "
+                          f"the data has {len(data.y_train)}")
+
+
 class Trainer:
     """A model around a reservoir, trained by the configured estimator."""
+
+    _lead_x = None    # continuous mode: the washout samples before the current batch
 
     lr_factor = 1.0   # lowered by each divergence rollback (train.on_divergence)
 
@@ -114,6 +136,9 @@ class Trainer:
             raise ConfigError(f"config: estimator 'backprop' needs a differentiable simulated "
                               f"ring (sim://ring); {reservoir.info.name} is a black box: use "
                               f"interface, pgt, spsa, readout or ridge")
+        self.continuous = cfg.data.continuous
+        if self.continuous:
+            _check_continuous(cfg, self.data, reservoir)
         self.model = build_model(cfg, self.data, reservoir.info)
         if getattr(self.estimator, "closed_form", False):
             from pgt._ridge import LinearReadoutModel
@@ -155,6 +180,26 @@ class Trainer:
         self._ring_wait_s += trio.current_time() - t0
         return np.concatenate(results, axis=0)
 
+    async def _ring_sequences(self, u: np.ndarray, lead: np.ndarray) -> np.ndarray:
+        """Continuous mode: the features of sequences ``u`` (P, B, n), each driven after its
+        washout ``lead`` (P, W, n) with the ring's state running on (P, B, F)."""
+        t0 = trio.current_time()
+        rows = np.concatenate([lead, u], axis=1)
+        feats = np.asarray(await self.reservoir.forward_sequence(rows))
+        self._ring_wait_s += trio.current_time() - t0
+        return feats[:, lead.shape[1]:]
+
+    def _pre(self, thetas, x):
+        return np.clip(self.model.pre(thetas, x), -1.0, 1.0)
+
+    def _sequence_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Continuous mode: step ``step``'s batch, consecutive training samples from a
+        start drawn from (seed, step), and the washout samples just before it."""
+        n, batch, washout = len(self.data.y_train), self.cfg.data.batch_size, self.cfg.data.washout
+        start = int(np.random.default_rng([self.cfg.seed, step, 0xC0417]).integers(
+            washout, n - batch + 1))
+        return np.arange(start, start + batch), np.arange(start - washout, start)
+
     # -- one step ---------------------------------------------------------------
 
     def _probe_inputs(self, probes, x, sigma, step, ahead=None):
@@ -195,8 +240,14 @@ class Trainer:
             return await evaluate_pooled(self, probes, x, y, sigma, step)
         thetas, u = self._probe_inputs(probes, x, sigma, step)
         n_probes, batch, width = u.shape
-        feats = (await self._ring(u.reshape(-1, width))).reshape(n_probes, batch, -1)
-        self.ring_evals += n_probes * batch
+        if self.continuous:   # each probe runs on from its own washout of the samples before
+            lead = self._pre(thetas if len(thetas) == n_probes else thetas[:1], self._lead_x)
+            lead = np.broadcast_to(lead, (n_probes,) + lead.shape[1:])
+            feats = await self._ring_sequences(u, lead)
+            self.ring_evals += n_probes * (batch + lead.shape[1])
+        else:
+            feats = (await self._ring(u.reshape(-1, width))).reshape(n_probes, batch, -1)
+            self.ring_evals += n_probes * batch
         losses, probs = self.model.post(thetas, feats, y)
         ev = _Evaluation(losses, batch, width, self.model.layout.dim, self.model,
                          self.reservoir, self.params, x, y)
@@ -217,7 +268,12 @@ class Trainer:
             return await self.fit_ridge()
         t0, ring0 = trio.current_time(), self._ring_wait_s
         link0 = getattr(self.reservoir, "link_seconds", 0.0)
-        idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed, self.step)
+        if self.continuous:
+            idx, lead = self._sequence_batch(self.step)
+            self._lead_x = self.data.x_train[lead]
+        else:
+            idx = batch_indices(len(self.data.y_train), self.cfg.data.batch_size, self.cfg.seed,
+                                self.step)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         # Overflow is not an error here but a divergence, which the check below names.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -251,16 +307,20 @@ class Trainer:
             return 0.5 * (1.0 + np.cos(np.pi * self.step / max(1, self.total_steps)))
         return 1.0
 
-    async def features(self, x: np.ndarray) -> np.ndarray:
-        """The ring's features of samples ``x`` at the current parameters (B, F)."""
-        u = np.clip(self.model.pre(self.params, x)[0], -1.0, 1.0)
-        return await self._ring(u)
+    async def features(self, x: np.ndarray, lead_x: np.ndarray | None = None) -> np.ndarray:
+        """The ring's features of samples ``x`` at the current parameters (B, F); in
+        continuous mode ``x`` runs as one sequence after the washout ``lead_x``."""
+        u = self._pre(self.params, x)[0]
+        if not self.continuous:
+            return await self._ring(u)
+        lead = self._pre(self.params, lead_x if lead_x is not None else x[:0])[0]
+        return (await self._ring_sequences(u[None], lead[None]))[0]
 
-    async def outputs(self, x: np.ndarray, y=None):
+    async def outputs(self, x: np.ndarray, y=None, lead_x: np.ndarray | None = None):
         """The model's outputs (probabilities or predictions) of ``x`` through the ring,
         and the per-sample losses when labels ``y`` are given."""
-        feats = await self.features(x)
-        self.eval_ring_evals += len(x)
+        feats = await self.features(x, lead_x)
+        self.eval_ring_evals += len(x) + (0 if lead_x is None else len(lead_x))
         if y is None:   # the heads need labels only for the loss
             y = (np.zeros(len(x), dtype=np.int64) if self.data.task == "classification"
                  else np.zeros((len(x), self.data.n_outputs)))
@@ -274,10 +334,17 @@ class Trainer:
         result = {}
         for part in ("val", "test") if self.data.x_val is not None else ("test",):
             x, y = self.data.part(part)
-            out, losses = await self.outputs(x, y)
+            out, losses = await self.outputs(x, y, self._lead_of(part))
             result.update({f"{part}_{k}": v for k, v in score(self.data.task, out, y, losses).items()})
         result["eval_ring_evals"] = self.eval_ring_evals
         return result
+
+    def _lead_of(self, part: str) -> np.ndarray | None:
+        """Continuous mode: the samples just before ``part`` in time (its washout)."""
+        if not self.continuous:
+            return None
+        before = self.data.x_train if part == "val" or self.data.x_val is None else self.data.x_val
+        return before[len(before) - self.cfg.data.washout:]
 
     async def fit_ridge(self) -> dict[str, float]:
         """Estimator ``ridge``: the training and validation parts through the ring once,
@@ -290,8 +357,9 @@ class Trainer:
                             "split: set data.val_fraction above 0")
         t0 = trio.current_time()
         f_train = await self.features(self.data.x_train)
-        f_val = await self.features(self.data.x_val)
-        self.ring_evals += len(f_train) + len(f_val)
+        lead = self._lead_of("val")
+        f_val = await self.features(self.data.x_val, lead)
+        self.ring_evals += len(f_train) + len(f_val) + (0 if lead is None else len(lead))
         w, b, info = fit_ridge(f_train, self.data.y_train, f_val, self.data.y_val, self.data.task)
         sl = self.model.layout.slices
         self.params = self.params.copy()

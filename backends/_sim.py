@@ -78,6 +78,31 @@ class SimRing:
             await gpu_work_done(self.xp)
         return to_numpy(feats.reshape(u.shape[0], -1))
 
+    async def forward_sequence(self, u) -> np.ndarray:
+        """Features of sequences of consecutive samples: ``u`` (P, R, n_inputs), row r of
+        each sequence driven into the ring right after row r-1, with no rest between
+        them (the ring's state runs on). Returns (P, R, n_features). One call on the
+        ring's clock (or P·R ticks on a per-sample clock)."""
+        u = self.xp.asarray(u, dtype=self.xp.float64)
+        if u.ndim != 3 or u.shape[2] != self.info.n_inputs:
+            raise ValueError(f"{self.info.name}: sequences must have shape (P, R, "
+                             f"{self.info.n_inputs}), got {tuple(u.shape)}")
+        if float(abs(u).max()) > 1.0:
+            raise ValueError(f"{self.info.name}: inputs must lie in [-1, 1]")
+        p, rows, n = u.shape
+        flat = u.reshape(p, rows * n)
+        params = self.params
+        if needs_gain_path(params):
+            count = p * rows if params.clock == "sample" else 1
+            gains, self.walk = gain_path(params, self.tick, count, self.seed, self.walk)
+            gains = gains[::rows] if count > 1 else gains[:1].repeat(p)   # a gain per sequence
+            feats = ring_forward(params, flat, tick=self.tick, seed=self.seed, gains=gains)
+            self.tick += count
+        else:
+            feats = ring_forward(params, flat, tick=self.tick, seed=self.seed)
+            self.tick += 1
+        return to_numpy(feats.reshape(p, rows, n * params.nodes))
+
     def vjp(self, u, grad_features) -> np.ndarray:
         """Gradient w.r.t. ``u`` of <grad_features, forward(u)> for the noise-free ring."""
         u = self.xp.asarray(u, dtype=self.xp.float64)
