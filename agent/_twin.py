@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgt.kernels._ring import MAP_SCALARS, ring_map, ring_map_backward
+from pgt.kernels._ring import ring_map, ring_map_backward
 
 __all__ = ["BlackBox", "GreyBox", "TWINS", "make_twin"]
 

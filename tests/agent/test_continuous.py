@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import trio
 
 from pgt.backends import open_reservoir
 from pgt.cli import main
