@@ -106,7 +106,7 @@ class SimRing:
     def vjp(self, u, grad_features) -> np.ndarray:
         """Gradient w.r.t. ``u`` of <grad_features, forward(u)> for the noise-free ring."""
         u = self.xp.asarray(u, dtype=self.xp.float64)
-        clean = dataclasses.replace(self.params, noise=0.0)   # the noise-free map's backward
+        clean = dataclasses.replace(self.params, noise=0.0, floor=0.0, bits=0)   # noise-free
         _, cache = ring_forward(clean, u, tick=self.tick, keep_cache=True)
         grad = self.xp.asarray(grad_features).reshape(u.shape[0], u.shape[1], self.params.nodes)
         return to_numpy(ring_backward(self.params, cache, grad))
