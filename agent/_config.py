@@ -22,7 +22,7 @@ import tomli_w
 
 from pgt._schema import Config
 
-__all__ = ["ConfigError", "config_from", "config_to_toml", "load_config"]
+__all__ = ["ConfigError", "apply_overrides", "config_from", "config_to_toml", "load_config"]
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
@@ -75,6 +75,13 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (),
     cfg = Config()
     if path is not None:
         _apply_table(cfg, _read_toml(Path(path)), prefix="", where=str(path))
+    return apply_overrides(cfg, overrides, settings=settings)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str] = (), *,
+                    settings: Mapping[str, Any] | None = None) -> Config:
+    """Apply ``key=value`` overrides and typed ``settings`` to ``cfg`` (in place) as
+    ``load_config`` does, and check the result. Raises ``ConfigError``."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -260,5 +267,10 @@ def _check_values(cfg: Config) -> None:
     if cfg.model.d_model % cfg.model.heads:
         raise ConfigError(f"config: 'model.heads' ({cfg.model.heads}) must divide "
                           f"'model.d_model' ({cfg.model.d_model})")
+    requires = cfg.reservoir.requires
+    if requires and (requires in ("CPU", "GPU", "memory") or not requires.replace("_", "").replace(
+            "-", "").isalnum()):
+        raise ConfigError(f"config: 'reservoir.requires' must name a custom Ray resource "
+                          f"(letters, digits, _ and -), got {requires!r}")
     if "/" in cfg.run_name or "\\" in cfg.run_name or cfg.run_name in (".", ".."):
         raise ConfigError(f"config: 'run_name' must be a plain name, got {cfg.run_name!r}")

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from pgt._logging import EVENTS_FILE, read_events
 from pgt._plot import figure, read_curves, save
 
 __all__ = ["Job", "PLAN", "run_report"]
@@ -103,51 +102,68 @@ def _run_name(job: Job, seed: int) -> str:
     return f"{job.section}-{slug}-s{seed}"
 
 
-def finished(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` has logged its ``run_stop reason=finished``."""
-    path = run_dir / EVENTS_FILE
-    if not path.is_file():
-        return False
-    last = None
-    for event in read_events(path):
-        last = event
-    return bool(last) and last.get("event") == "run_stop" and last.get("reason") == "finished"
+def _trial(job: Job, seed: int, runs: Path):
+    """One (job, seed) of the plan as a sweep trial: an ordinary run in runs/<name>."""
+    from pgt._sweep import Trial
+
+    name = _run_name(job, seed)
+    return Trial(name, (), overrides=(
+        *job.overrides, f"seed={seed}", f"train.steps={job.steps}",
+        f"train.eval_every={job.eval_every}", "train.checkpoint_every=0",
+        "train.keep_checkpoints=1", f"reservoir.url={job.url}", f"run_dir={runs}",
+        f"run_name={name}"))
 
 
 def _run_one(args: tuple[Job, int, str]) -> dict[str, Any]:
     """Train one (job, seed) into OUT/runs/<name>; reuse or resume what is there."""
-    import trio
-
-    from pgt._config import load_config
-    from pgt._runloop import run_training
-
-    from pgt._checkpoint import latest_checkpoint, load_checkpoint
+    from pgt._sweep import train_or_resume
 
     job, seed, runs = args
-    run_dir = Path(runs) / _run_name(job, seed)
-    reused = finished(run_dir)
-    if not reused:
-        cfg = load_config(None, [*job.overrides, f"seed={seed}", f"train.steps={job.steps}",
-                                 f"train.eval_every={job.eval_every}",
-                                 "train.checkpoint_every=0", "train.keep_checkpoints=1",
-                                 f"reservoir.url={job.url}", f"run_dir={runs}",
-                                 f"run_name={run_dir.name}"])
-        resume = (run_dir / "config.toml").is_file()
-        trio.run(lambda: run_training(cfg, run_dir, resume=resume))
+    trial = _trial(job, seed, Path(runs))
+    run_dir = Path(runs) / trial.name
+    how = train_or_resume(trial.config(), run_dir, signals=False)
+    return _outcome(run_dir, how)
+
+
+def _outcome(run_dir: Path, how: str) -> dict[str, Any]:
+    from pgt._checkpoint import latest_checkpoint, load_checkpoint
+
     # The run's own training time (all its sessions), whether trained now or before.
     seconds = load_checkpoint(latest_checkpoint(run_dir))[1].get("elapsed_s", 0.0)
-    return {"run_dir": str(run_dir), "seconds": seconds, "reused": reused}
+    return {"run_dir": str(run_dir), "seconds": seconds, "reused": how == "reused"}
 
 
-def _execute(work: list[tuple[Job, int, str]], jobs: int) -> list[dict[str, Any]]:
-    if jobs <= 1:
-        return [_run_one(w) for w in work]
+def _execute(work: list[tuple[Job, int, str]], jobs: int, address: str | None = None,
+             state: Path | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Every (job, seed): on Ray Tune (pgt sweep's engine; a cluster when ``address``
+    or RAY_ADDRESS names one) when Ray is installed, else a pool of ``jobs``
+    processes here; one after another when ``jobs`` is 1 and no cluster is named.
+    Returns the runs' outcomes in ``work``'s order, and the engine's name."""
+    from pgt._sweep import RayMissing, run_on_ray
+
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if jobs <= 1 and not cluster:
+        return [_run_one(w) for w in work], "this process"
+    try:
+        trials = [_trial(job, seed, Path(runs)) for job, seed, runs in work]
+        runs = Path(work[0][2])
+        results = run_on_ray(trials, runs, state or runs.parent / "ray", name="report",
+                             max_concurrent=jobs, address=address)
+    except RayMissing:
+        if cluster:
+            raise
+    else:
+        failed = [name for name, r in results.items() if "error" in r]
+        if failed:
+            raise RuntimeError(f"report: run {failed[0]} failed: {results[failed[0]]['error']}")
+        return ([_outcome(runs / t.name, results[t.name]["how"]) for t in trials],
+                f"Ray Tune, {jobs} at a time")
     # One BLAS thread per worker: the workers already fill the cores, and tiny
     # matrix products slow down badly when threads oversubscribe them.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        return pool.map(_run_one, work, chunksize=1)
+        return pool.map(_run_one, work, chunksize=1), f"{jobs} processes"
 
 
 def _summarise(job: Job, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -240,7 +256,8 @@ def _contrasts(by_section: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def run_report(out: Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2),
-               jobs: int = 2, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+               jobs: int = 2, sections: tuple[str, ...] | None = None,
+               address: str | None = None) -> dict[str, Any]:
     """Run (or reuse) every run of the plan, write report.md, results.json and PNGs."""
     out = Path(out)
     plan = [j for j in PLAN if sections is None or j.section in sections]
@@ -251,7 +268,7 @@ def run_report(out: Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1
     start = time.perf_counter()
     work = sorted(((j, s, str(runs)) for j in plan for s in seeds),
                   key=lambda w: -w[0].cost * w[0].steps)
-    results = _execute(work, jobs)
+    results, engine = _execute(work, jobs, address)
     by_job: dict[Job, list] = {}
     for (job, _, _), result in zip(work, results):
         by_job.setdefault(job, []).append(result)
@@ -262,7 +279,7 @@ def run_report(out: Path, *, quick: bool = False, seeds: tuple[int, ...] = (0, 1
     text = [f"# pgt report{' (quick)' if quick else ''}", "",
             f"Seeds {', '.join(map(str, seeds))}; {len(work)} runs"
             f"{_reused(results)} in {wall / 60:.1f} min "
-            f"wall on {jobs} worker(s). Accuracy is the final test accuracy; ring evals "
+            f"wall ({engine}). Accuracy is the final test accuracy; ring evals "
             "are single-sample reservoir passes during training.", ""]
     for name, rows in by_section.items():
         png = _plot_section(name, rows, out)

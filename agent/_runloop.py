@@ -354,7 +354,7 @@ async def _open_and_run(cfg, run_dir, lock, runlog, checkpoint, skipped, real, m
 RESUMABLE = ("train.steps", "train.eval_every", "train.checkpoint_every",
              "train.checkpoint_seconds", "train.keep_checkpoints", "train.on_divergence",
              "train.log_every", "reservoir.url", "reservoir.urls", "reservoir.trial_timeout_s",
-             "reservoir.suspend_limit_s")
+             "reservoir.suspend_limit_s", "reservoir.requires")
 
 
 def resume_config(run_dir: Path, overrides=(), settings=None) -> tuple[Config, dict]:

@@ -59,6 +59,8 @@ class ReservoirConfig:
                                     # mean time per forward, at least 1 s)
     suspend_limit_s: float = 3600.0  # a run suspended (no device in service) this long
                                     # checkpoints and exits with status 75 (0: wait for ever)
+    requires: str = ""              # pgt sweep / report on a Ray cluster: the custom resource
+                                    # of the node this ring is attached to (e.g. "ring_a")
 
 
 @dataclass

@@ -7,8 +7,8 @@
     pgt eval RUN_DIR
     pgt emulate [--pty | --tcp PORT] [--host ADDR] [--latency-ms MS] [--baud BAUD]
     pgt plot RUN_DIR [--out FILE]
-    pgt report [--quick] [--out DIR] [--jobs N] [--seeds N ...]
-                [--noise X] [--drift X] [--faults SPEC]
+    pgt report [--quick] [--out DIR] [--jobs N] [--seeds N ...] [--address ADDR]
+    pgt sweep SPEC.toml [--out DIR] [--max-concurrent N] [--address ADDR] [--quiet]
 
 Errors a person can act on (configuration, run directory, checkpoint, data, device)
 are handled once, here: one line on stderr starting with ``pgt: `` and exit status 2
@@ -247,10 +247,43 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"report: --jobs must be at least 1, got {args.jobs}")
     if any(s < 0 for s in args.seeds):
         raise ConfigError(f"report: seeds must not be negative, got {args.seeds}")
-    result = run_report(Path(args.out), quick=args.quick, seeds=tuple(args.seeds), jobs=args.jobs)
+    result = run_report(Path(args.out), quick=args.quick, seeds=tuple(args.seeds), jobs=args.jobs,
+                        address=args.address)
     print(result["text"])
     print(f"report: {result['report']} ({result['wall_seconds'] / 60:.1f} min)")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pgt._config import ConfigError
+    from pgt._sweep import run_sweep
+
+    if args.max_concurrent < 0:
+        raise ConfigError(f"sweep: --max-concurrent must not be negative, got {args.max_concurrent}")
+    done = []
+
+    def on_result(name: str, result: dict[str, Any]) -> None:
+        if args.quiet:
+            return
+        done.append(name)
+        if result.get("error"):
+            print(f"trial {name}: failed", flush=True)
+            return
+        metric = next((k for k in ("val_accuracy", "val_nmse") if k in result), None)
+        value = result.get(metric)
+        shown = (f"{100 * value:.2f} %" if metric == "val_accuracy" else f"{value:.4g}") \
+            if isinstance(value, (int, float)) else "?"
+        print(f"trial {name}: {metric} {shown} ({result.get('how', '')}, "
+              f"{result.get('wall_s', 0):.0f} s)", flush=True)
+
+    result = run_sweep(args.spec, args.out, max_concurrent=args.max_concurrent,
+                       address=args.address, on_result=on_result)
+    out = result["out"]
+    print(result["table"])
+    best = f", best configuration {out / 'best.toml'}" if result["best"] else ""
+    print(f"sweep: {out / 'sweep.md'}, {out / 'sweep.csv'}{best} "
+          f"({result['wall_s']:.0f} s)")
+    return 1 if any("error" in r for r in result["rows"]) else 0
 
 
 def _fail(group: BaseExceptionGroup, code: int) -> int:
@@ -362,5 +395,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder of the report and its runs (default ./report)")
     report.add_argument("--jobs", type=int, default=2, metavar="N", help="parallel processes")
     report.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="N")
+    report.add_argument("--address", metavar="ADDR", help="run on this Ray cluster "
+                        "(default: RAY_ADDRESS, else this machine)")
     report.set_defaults(handler=_report)
+
+    sweep = commands.add_parser("sweep", help="a grid or a search of runs, on Ray Tune "
+                                "(see README, 'Sweeps')")
+    sweep.add_argument("spec", metavar="SPEC.toml", help="[base], and [grid] or [search]")
+    sweep.add_argument("--out", metavar="DIR", help="folder of the sweep and its runs "
+                       "(default ./sweeps/<spec name>)")
+    sweep.add_argument("--max-concurrent", type=int, default=0, metavar="N",
+                       help="trials at a time (default: as many as the cluster has CPUs)")
+    sweep.add_argument("--address", metavar="ADDR", help="join this Ray cluster "
+                       "(default: RAY_ADDRESS, else Ray in-process on this machine)")
+    sweep.add_argument("--quiet", action="store_true", help="only the table")
+    sweep.set_defaults(handler=_sweep)
     return parser

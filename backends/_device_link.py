@@ -34,7 +34,7 @@ def control_timeout(message: Message, baud: float) -> float:
 
 @dataclass(frozen=True)
 class Options:
-    """How the host drives a device (URL parameters of serial://, socket://, emu://)."""
+    """How the host drives a device (URL parameters of serial://, socket://, rfc2217://, emu://)."""
 
     bits: int = 16                       # feature resolution: 8, 12 or 16
     settle: int = 0                      # zero-drive round trips before each sample

@@ -1,13 +1,17 @@
-"""From a device URL to an opened DeviceReservoir: serial://, socket:// and emu://.
+"""From a device URL to an opened DeviceReservoir: serial://, socket://, rfc2217:// and emu://.
 
     serial:///dev/ttyACM0?baud=115200&bits=12&sample_steps=12-15
     socket://127.0.0.1:7000?baud=12000000
+    rfc2217://192.168.1.20:3333?baud=115200
     emu://?latency_ms=2&faults=corrupt=0.01;reset_every=500&noise=0.01
 
 Every device URL takes the host options of ``_device_link.Options``: ``bits``,
 ``settle``, ``sample_steps`` and ``sample_nodes`` (what CONFIGURE asks for, e.g.
 ``0-3,8``), ``batch``, ``baud``, ``timeout_ms``, ``retries``, ``open_timeout_s``,
-``quarantine_after``, ``quarantine_s``, ``backoff_max_s``, ``log_trials``. ``emu://``
+``quarantine_after``, ``quarantine_s``, ``backoff_max_s``, ``log_trials``.
+``rfc2217://`` is a serial port on another host, served by ser2net or any RFC 2217
+server (``_rfc2217_server``); ``baud`` (default 115200) is also the rate the server is
+asked to set on that port. ``emu://``
 also takes the emulator's: ``latency_ms``, ``round_trip_us``, ``scale``, ``inputs``,
 ``max_batch``, ``faults`` (``;`` or ``,`` between faults) and the ring's parameters
 (kernels.RingParams: ``nodes``, ``gain``, ``noise``, ``drift``, ...).
@@ -28,12 +32,12 @@ from pgt.backends._emulator import EmulatedDevice, EmulatorConfig
 from pgt.backends._faults import FaultSpec
 from pgt.backends._protocol import ReservoirURLError
 from pgt.backends._session import single_errors
-from pgt.backends._transport import serial_connector, tcp_connector
+from pgt.backends._transport import rfc2217_connector, serial_connector, tcp_connector
 from pgt.kernels import RingParams
 
 __all__ = ["open_device_url", "parse_indices"]
 
-DEVICE_SCHEMES = ("serial", "socket", "emu")
+DEVICE_SCHEMES = ("serial", "socket", "emu", "rfc2217")
 
 
 def parse_indices(text: str) -> tuple[int, ...]:
@@ -128,13 +132,14 @@ def _endpoint(parsed: urllib.parse.ParseResult, url: str):
     except ValueError:
         host = port = None
     if not host or port is None:
-        raise ReservoirURLError(f"reservoir URL {url!r}: needs host:port (socket://127.0.0.1:7000)")
+        example = "rfc2217://192.168.1.20:3333" if parsed.scheme == "rfc2217" else "socket://127.0.0.1:7000"
+        raise ReservoirURLError(f"reservoir URL {url!r}: needs host:port ({example})")
     return host, port
 
 
 @contextlib.asynccontextmanager
 async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceReservoir]:
-    """The device named by a serial://, socket:// or emu:// URL, opened and verified."""
+    """The device named by a serial://, socket://, rfc2217:// or emu:// URL, opened and verified."""
     parsed = urllib.parse.urlparse(url)
     host, emu, ring = _parse(url, parsed.scheme)
     options = _options(host)
@@ -158,6 +163,12 @@ async def open_device_url(url: str, *, seed: int = 0) -> AsyncIterator[DeviceRes
     if parsed.scheme == "serial":
         host.setdefault("baud", 115200.0)
         connector = serial_connector(where, int(host["baud"]))
+    elif parsed.scheme == "rfc2217":
+        baud = host.setdefault("baud", 115200.0)
+        if not 1 <= baud < 2**32:
+            raise ReservoirURLError(f"reservoir URL {url!r}: baud={baud:g} is not a rate "
+                                    "an RFC 2217 server can set")
+        connector = rfc2217_connector(*where, int(baud))
     else:
         connector = tcp_connector(*where)
     async with open_device(connector, options, url) as device:

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 import trio
-import trio.testing
 
 from pgt.backends._emulator import EmulatedDevice, EmulatorConfig, Unplugged
 from pgt.backends._faults import FAULT_KINDS
@@ -120,7 +119,9 @@ class MemoryLink:
         await trio.lowlevel.checkpoint()
         if self._unplugged:
             raise ConnectionRefusedError("emulated device is unplugged")
-        host_end, device_end = trio.testing.memory_stream_pair()
+        from trio.testing import memory_stream_pair   # imports pytest: only in here
+
+        host_end, device_end = memory_stream_pair()
         self._nursery.start_soon(self._serve, device_end)
         return host_end
 

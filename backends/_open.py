@@ -1,6 +1,6 @@
 """``open_reservoir(url)``: from a URL to an opened backend.
 
-The built-in schemes are sim, serial, socket and emu. Other packages add schemes
+The built-in schemes are sim, serial, socket, emu and rfc2217. Other packages add schemes
 through the entry-point group ``pgt.reservoirs``: the entry point's name is the
 scheme, its value an ``opener(url: str, *, seed: int, device: str)`` returning (or,
 ``async def``, returning an awaitable of) an async context manager that yields the
@@ -18,7 +18,7 @@ from pgt.backends._protocol import Reservoir, ReservoirURLError
 from pgt.backends._sim import SimRing
 from pgt.kernels import RingParams
 
-BUILTIN_SCHEMES = ("sim", "serial", "socket", "emu")
+BUILTIN_SCHEMES = ("sim", "serial", "socket", "emu", "rfc2217")
 _SIM_EXTRA = {"inputs": int, "max_batch": int, "device": str, "fused": int, "preset": str}
 
 
@@ -70,8 +70,10 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     kernels.RingParams, plus ``inputs``, ``max_batch``, ``device=cpu|gpu`` and
     ``fused=0`` to run the plain CuPy path instead of the fused kernel).
     ``sim://identity``: a memoryless control whose features are its inputs.
-    ``serial:///dev/ttyACM0?baud=115200``, ``socket://127.0.0.1:7000``, ``emu://``:
-    a microcontroller speaking docs/protocol.md (parameters: backends/_device_open.py).
+    ``serial:///dev/ttyACM0?baud=115200``, ``socket://127.0.0.1:7000``, ``emu://``,
+    ``rfc2217://host:3333?baud=115200`` (a serial port served by ser2net or another
+    RFC 2217 server): a microcontroller speaking docs/protocol.md (parameters:
+    backends/_device_open.py).
     Any other scheme is looked up among the ``pgt.reservoirs`` entry points (found at
     call time; built-ins win): ``opener(url, seed=seed, device=device)`` may return an
     async context manager yielding the Reservoir (entered for the ``async with``), the
@@ -89,7 +91,7 @@ async def open_reservoir(url: str, *, seed: int = 0, device: str = "cpu") -> Asy
     if parsed.scheme == "sim":
         yield _open_sim(parsed, seed, device)
         return
-    if parsed.scheme in ("serial", "socket", "emu"):
+    if parsed.scheme in ("serial", "socket", "emu", "rfc2217"):
         from pgt.backends._device_open import open_device_url
         async with open_device_url(url, seed=seed) as reservoir:
             yield reservoir

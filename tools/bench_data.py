@@ -69,7 +69,7 @@ def _run(job: dict) -> dict:
     import io
 
     from pgt._checkpoint import latest_checkpoint, load_checkpoint
-    from pgt._report import finished as _finished
+    from pgt._sweep import finished as _finished
     from pgt.cli import main
 
     run_dir = Path(job["run_dir"])

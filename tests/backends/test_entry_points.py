@@ -162,7 +162,7 @@ async def test_an_unknown_scheme_lists_the_plugins(plugins):
             pass
     message = str(info.value)
     assert "\n" not in message
-    assert "known: sim, serial, socket, emu, myring (myring-plugin 0.1)" in message
+    assert "known: sim, serial, socket, emu, rfc2217, myring (myring-plugin 0.1)" in message
 
 
 async def test_a_broken_entry_point_is_a_one_line_error_naming_it(plugins):
