@@ -159,6 +159,7 @@ def test_a_killed_sweep_started_again_reruns_nothing_finished_and_resumes_the_re
 # -- a search ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_search_over_seeds_selects_by_validation_and_a_rerun_trains_nothing(tmp_path):
     spec = tmp_path / "search.toml"
     spec.write_text("[sweep]\nseeds = [0, 1]\n" + TINY.format(steps=40, eval_every=20, every=20)
@@ -207,6 +208,7 @@ def test_a_spec_changed_under_a_sweep_is_refused(tmp_path):
 # -- pgt report on the same engine ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_report_runs_on_ray_and_measures_what_it_measures_in_one_process(tmp_path):
     from pgt._report import run_report
 
