@@ -377,12 +377,14 @@ def resume_config(run_dir: Path, overrides=(), settings=None) -> tuple[Config, d
 
 
 def _ever_saved(run_dir: Path) -> bool:
-    """Whether the run's events say it saved a checkpoint (a run stopped before its
-    first one starts over on resume, to the same bits)."""
+    """Whether the run's events say it saved a checkpoint to resume from (a run
+    stopped before its first one starts over on resume, to the same bits). The best
+    checkpoint is not one: a resume never starts from it."""
     from pgt._logging import EVENTS_FILE, read_events
 
     path = run_dir / EVENTS_FILE
-    return path.is_file() and any(e.get("event") == "checkpoint_saved" for e in read_events(path))
+    return path.is_file() and any(e.get("event") == "checkpoint_saved" and not e.get("best")
+                                  for e in read_events(path))
 
 
 def _write_atomic(path: Path, text: str) -> None:
