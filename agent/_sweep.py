@@ -380,11 +380,20 @@ def run_trial(trial: Trial, runs: Path) -> dict[str, Any]:
         run_dir = runs / name
         how.append(train_or_resume(trial.config(seed, runs, name), run_dir, wait_s=120.0))
         per_seed.append(trial_metrics(run_dir))
-    keys = [k for k, v in per_seed[0].items()
-            if isinstance(v, (int, float)) and all(isinstance(p.get(k), (int, float))
-                                                   for p in per_seed)]
-    mean = {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys}
+    mean = {k: v for k, v in over_seeds(per_seed).items() if not k.endswith("_per_seed")}
     return {**mean, "how": how, "per_seed": per_seed}
+
+
+def over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric that every seed's run has as a number: its mean over the seeds, and
+    its values per seed (``<metric>_per_seed``)."""
+    out: dict[str, Any] = {}
+    for key in per_seed[0]:
+        values = [p.get(key) for p in per_seed]
+        if all(isinstance(v, (int, float)) for v in values):
+            out[key] = sum(values) / len(values)
+            out[f"{key}_per_seed"] = values
+    return out
 
 
 # -- the engine -----------------------------------------------------------------------
@@ -629,11 +638,7 @@ def _rows(spec: SweepSpec, trials, results, runs: Path) -> list[dict[str, Any]]:
             row["error"] = str(e)
             rows.append(row)
             continue
-        for key in per_seed[0]:
-            values = [p.get(key) for p in per_seed]
-            if all(isinstance(v, (int, float)) for v in values):
-                row[key] = sum(values) / len(values)
-                row[f"{key}_per_seed"] = values
+        row.update(over_seeds(per_seed))
         rows.append(row)
     sign = -1 if mode == "max" else 1
     errors = [r for r in rows if "error" in r]
