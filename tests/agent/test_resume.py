@@ -154,3 +154,40 @@ def test_killed_at_a_random_moment_then_resumed_is_bit_exact(tmp_path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith("test accuracy ")
     assert_same_final_state(tmp_path / "whole", tmp_path / name, 40)
+
+
+def test_killed_with_only_its_best_checkpoint_saved_starts_over_to_the_same_bits(tmp_path):
+    """A run killed after it saved its best-validation checkpoint but before its first
+    step checkpoint has nothing to resume from (the best is never resumed from): the
+    resume starts it over and ends where an uninterrupted run ends."""
+    pytest.importorskip("pgt._trainer")
+    from pgt._logging import EVENTS_FILE, read_events
+
+    common = ["--set", "train.eval_every=5", "--run-dir", str(tmp_path), "--quiet"]
+    name = "killed"
+    run = tmp_path / name
+    proc = subprocess.Popen(_pgt("train", "--name", name, "--set", "train.steps=100000",
+                                 "--set", "train.checkpoint_every=100000", *common),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with proc:
+        deadline = time.monotonic() + 120
+        while not ((run / EVENTS_FILE).is_file() and any(
+                e.get("event") == "checkpoint_saved" and e.get("best")
+                for e in read_events(run / EVENTS_FILE))):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no best checkpoint appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "checkpoints" / "best").is_dir() and latest_checkpoint(run) is None
+
+    resumed = subprocess.run(_pgt("resume", str(run), "--set", "train.steps=30", "--quiet"),
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(_pgt("train", "--name", "whole", "--set", "train.steps=30",
+                                "--set", "train.checkpoint_every=100000", *common),
+                           capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    assert resumed.stdout.replace(str(run), "RUN") == whole.stdout.replace(
+        str(tmp_path / "whole"), "RUN")
+    assert_same_final_state(tmp_path / "whole", run, 30)
