@@ -480,7 +480,9 @@ def run_on_ray(trials: Sequence[Trial] | None, runs: Path, state: Path, *, name:
     if not ray.is_initialized():
         import logging
 
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+        # "local": a Ray of this process's own, even where `ray start` left a cluster
+        # running on this machine (Ray would join that one); --address auto joins it
+        ray.init(address=cluster or "local",
                  include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True, runtime_env={"env_vars": env})
     callbacks = [_Progress(on_result)] if on_result else []
