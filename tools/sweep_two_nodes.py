@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import secrets
@@ -152,7 +153,7 @@ def run(out: Path, seeds: int = 3, steps: int = 6) -> int:
     for n in nodes:
         print(f"| {n['node_id']} | {n['resources'].get('CPU', 0):g} "
               f"| {n['resources'].get(RESOURCE, 0):g} |")
-    rows = list(csv.DictReader((out / "sweep" / "sweep.csv").open()))
+    rows = list(csv.DictReader(io.StringIO((out / "sweep" / "sweep.csv").read_text())))
     print(f"\npgt sweep --address {address}: {len(rows)} trials, {wall:.0f} s\n")
     print("| trial | reservoir.requires | ran on node | node has ring_a |\n|---|---|---|---|")
     wrong = []
