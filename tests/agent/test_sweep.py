@@ -109,15 +109,29 @@ def test_without_ray_the_sweep_says_how_to_install_it(tmp_path):
 # -- a grid, killed and started again -------------------------------------------------
 
 
-def test_a_killed_sweep_started_again_reruns_nothing_finished_and_resumes_the_rest(tmp_path):
+GRID = TINY.format(steps=400, eval_every=100, every=20) + \
+    "[grid]\n\"optimizer.lr\" = [0.03, 0.01, 0.003]\n"
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Path:
+    """The 3-trial grid, swept in one go (2 at a time: placement changes no result)."""
+    folder = tmp_path_factory.mktemp("whole")
+    spec = folder / "grid.toml"
+    spec.write_text(GRID)
+    _finish(_sweep(spec, folder / "out", "--max-concurrent", "2"))
+    return folder / "out"
+
+
+def test_a_killed_sweep_started_again_reruns_nothing_finished_and_resumes_the_rest(tmp_path,
+                                                                                  whole):
     """The driver (and everything it started) is killed while the second of three
     trials trains; the same command then finishes the sweep: the first trial's run is
     not touched, the second resumes from its own checkpoint, and the table and CSV
     are those of a sweep that ran in one go."""
     spec = tmp_path / "grid.toml"
-    spec.write_text(TINY.format(steps=400, eval_every=100, every=20)
-                    + "[grid]\n\"optimizer.lr\" = [0.03, 0.01, 0.003]\n")
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    spec.write_text(GRID)
+    killed = tmp_path / "killed"
     first, second = killed / "runs" / "lr0.03", killed / "runs" / "lr0.01"
 
     proc = _sweep(spec, killed, "--max-concurrent", "1", start_new_session=True)
@@ -143,7 +157,6 @@ def test_a_killed_sweep_started_again_reruns_nothing_finished_and_resumes_the_re
     assert [e["resumed"] for e in sessions] == [False, True]           # resumed, once
     assert sessions[1]["step"] >= 20
 
-    _finish(_sweep(spec, whole, "--max-concurrent", "1"))
     assert (killed / "sweep.md").read_text() == (whole / "sweep.md").read_text()
     assert _csv_without((killed / "sweep.csv").read_text(), "seconds", "node_id") == \
         _csv_without((whole / "sweep.csv").read_text(), "seconds", "node_id")
@@ -192,17 +205,16 @@ def test_a_search_over_seeds_selects_by_validation_and_a_rerun_trains_nothing(tm
     assert (out / "sweep.md").read_text() == table
 
 
-def test_a_spec_changed_under_a_sweep_is_refused(tmp_path):
+def test_a_spec_changed_under_a_sweep_is_refused(tmp_path, whole):
     spec = tmp_path / "grid.toml"
-    spec.write_text(TINY.format(steps=4, eval_every=2, every=2) + "[grid]\n\"estimator.k\" = [2]\n")
-    out = tmp_path / "out"
-    _finish(_sweep(spec, out))
-    spec.write_text(TINY.format(steps=8, eval_every=2, every=2) + "[grid]\n\"estimator.k\" = [2]\n")
-    proc = _sweep(spec, out)
+    spec.write_text(GRID.replace("train.steps = 400", "train.steps = 800"))
+    table = (whole / "sweep.md").read_text()
+    proc = _sweep(spec, whole)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert err.startswith(f"pgt: sweep: {out} holds a sweep of another spec") and \
+    assert err.startswith(f"pgt: sweep: {whole} holds a sweep of another spec") and \
         err.count("\n") == 1
+    assert (whole / "sweep.md").read_text() == table       # nothing of it lost
 
 
 # -- pgt report on the same engine ------------------------------------------------------
