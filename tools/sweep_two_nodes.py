@@ -11,7 +11,7 @@ sweep's CSV, which each trial fills from Ray's runtime context). Exits 1 unless 
 trial that requires ``ring_a`` ran on the node that has it, and every trial finished.
 
 Both nodes listen on 127.0.0.1 and use token authentication with a token of their own
-(a file in the work folder); on exit only this cluster's processes are stopped (found
+(a file in the cluster's temp folder); on exit only this cluster's processes are stopped (found
 by its session folder), never another Ray on the machine, so no `ray stop`.
 """
 
@@ -51,6 +51,15 @@ def _ray(env: dict[str, str], *args: str) -> None:
                          f"({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def _processes_under(folder: Path) -> list[int]:
     """This cluster's processes: those whose command line names its temp folder, and
     every descendant of one (Ray's agents and workers rename themselves)."""
@@ -59,13 +68,15 @@ def _processes_under(folder: Path) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        pid = int(entry.name)
-        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        parent[pid] = stat[1]
         if str(folder) in cmdline and pid != os.getpid():
             roots.add(pid)
     found = set(roots)
@@ -89,8 +100,7 @@ def _stop_cluster(folder: Path) -> None:
                 pass
         deadline = time.monotonic() + wait
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists()
-                    and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+            pids = [p for p in pids if (_stat(p) or ("Z",))[0] != "Z"]   # gone or a zombie
             time.sleep(0.2)
         if not pids:
             return
